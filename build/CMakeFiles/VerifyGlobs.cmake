@@ -44,6 +44,7 @@ endif()
 # QN_LIB_SOURCES at CMakeLists.txt:56 (file)
 file(GLOB NEW_GLOB LIST_DIRECTORIES true "/work/main/lib/cpu/*.c")
 set(OLD_GLOB
+  "/work/main/lib/cpu/epilogue.c"
   )
 if(NOT "${NEW_GLOB}" STREQUAL "${OLD_GLOB}")
   message("-- GLOB mismatch!")

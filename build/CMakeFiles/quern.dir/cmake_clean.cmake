@@ -1,4 +1,6 @@
 file(REMOVE_RECURSE
+  "CMakeFiles/quern.dir/lib/cpu/epilogue.c.o"
+  "CMakeFiles/quern.dir/lib/cpu/epilogue.c.o.d"
   "CMakeFiles/quern.dir/lib/error.c.o"
   "CMakeFiles/quern.dir/lib/error.c.o.d"
   "CMakeFiles/quern.dir/lib/log.c.o"
