@@ -55,4 +55,6 @@ set(CMAKE_MAKEFILE_PRODUCTS
 # Dependency information for all targets:
 set(CMAKE_DEPEND_INFO_FILES
   "CMakeFiles/quern.dir/DependInfo.cmake"
+  "CMakeFiles/quern-worker.dir/DependInfo.cmake"
+  "CMakeFiles/test_batcher.dir/DependInfo.cmake"
   )

@@ -32,7 +32,10 @@ endif()
 # QN_LIB_SOURCES at CMakeLists.txt:56 (file)
 file(GLOB NEW_GLOB LIST_DIRECTORIES true "/work/main/lib/*.c")
 set(OLD_GLOB
+  "/work/main/lib/batcher.c"
+  "/work/main/lib/core.c"
   "/work/main/lib/error.c"
+  "/work/main/lib/executor.c"
   "/work/main/lib/log.c"
   "/work/main/lib/tensor.c"
   )
@@ -63,6 +66,7 @@ endif()
 # QN_UNIT_TESTS at CMakeLists.txt:101 (file)
 file(GLOB NEW_GLOB LIST_DIRECTORIES true "/work/main/tests/unit/test_*.c")
 set(OLD_GLOB
+  "/work/main/tests/unit/test_batcher.c"
   )
 if(NOT "${NEW_GLOB}" STREQUAL "${OLD_GLOB}")
   message("-- GLOB mismatch!")
@@ -72,6 +76,8 @@ endif()
 # QN_WORKER_SOURCES at CMakeLists.txt:65 (file)
 file(GLOB NEW_GLOB LIST_DIRECTORIES true "/work/main/worker/*.c")
 set(OLD_GLOB
+  "/work/main/worker/main.c"
+  "/work/main/worker/zmq_transport.c"
   )
 if(NOT "${NEW_GLOB}" STREQUAL "${OLD_GLOB}")
   message("-- GLOB mismatch!")

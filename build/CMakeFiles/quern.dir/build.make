@@ -69,10 +69,38 @@ include CMakeFiles/quern.dir/progress.make
 # Include the compile flags for this target's objects.
 include CMakeFiles/quern.dir/flags.make
 
+CMakeFiles/quern.dir/lib/batcher.c.o: CMakeFiles/quern.dir/flags.make
+CMakeFiles/quern.dir/lib/batcher.c.o: /work/main/lib/batcher.c
+CMakeFiles/quern.dir/lib/batcher.c.o: CMakeFiles/quern.dir/compiler_depend.ts
+	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_1) "Building C object CMakeFiles/quern.dir/lib/batcher.c.o"
+	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -MD -MT CMakeFiles/quern.dir/lib/batcher.c.o -MF CMakeFiles/quern.dir/lib/batcher.c.o.d -o CMakeFiles/quern.dir/lib/batcher.c.o -c /work/main/lib/batcher.c
+
+CMakeFiles/quern.dir/lib/batcher.c.i: cmake_force
+	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Preprocessing C source to CMakeFiles/quern.dir/lib/batcher.c.i"
+	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -E /work/main/lib/batcher.c > CMakeFiles/quern.dir/lib/batcher.c.i
+
+CMakeFiles/quern.dir/lib/batcher.c.s: cmake_force
+	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Compiling C source to assembly CMakeFiles/quern.dir/lib/batcher.c.s"
+	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -S /work/main/lib/batcher.c -o CMakeFiles/quern.dir/lib/batcher.c.s
+
+CMakeFiles/quern.dir/lib/core.c.o: CMakeFiles/quern.dir/flags.make
+CMakeFiles/quern.dir/lib/core.c.o: /work/main/lib/core.c
+CMakeFiles/quern.dir/lib/core.c.o: CMakeFiles/quern.dir/compiler_depend.ts
+	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_2) "Building C object CMakeFiles/quern.dir/lib/core.c.o"
+	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -MD -MT CMakeFiles/quern.dir/lib/core.c.o -MF CMakeFiles/quern.dir/lib/core.c.o.d -o CMakeFiles/quern.dir/lib/core.c.o -c /work/main/lib/core.c
+
+CMakeFiles/quern.dir/lib/core.c.i: cmake_force
+	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Preprocessing C source to CMakeFiles/quern.dir/lib/core.c.i"
+	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -E /work/main/lib/core.c > CMakeFiles/quern.dir/lib/core.c.i
+
+CMakeFiles/quern.dir/lib/core.c.s: cmake_force
+	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Compiling C source to assembly CMakeFiles/quern.dir/lib/core.c.s"
+	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -S /work/main/lib/core.c -o CMakeFiles/quern.dir/lib/core.c.s
+
 CMakeFiles/quern.dir/lib/cpu/epilogue.c.o: CMakeFiles/quern.dir/flags.make
 CMakeFiles/quern.dir/lib/cpu/epilogue.c.o: /work/main/lib/cpu/epilogue.c
 CMakeFiles/quern.dir/lib/cpu/epilogue.c.o: CMakeFiles/quern.dir/compiler_depend.ts
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_1) "Building C object CMakeFiles/quern.dir/lib/cpu/epilogue.c.o"
+	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_3) "Building C object CMakeFiles/quern.dir/lib/cpu/epilogue.c.o"
 	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -MD -MT CMakeFiles/quern.dir/lib/cpu/epilogue.c.o -MF CMakeFiles/quern.dir/lib/cpu/epilogue.c.o.d -o CMakeFiles/quern.dir/lib/cpu/epilogue.c.o -c /work/main/lib/cpu/epilogue.c
 
 CMakeFiles/quern.dir/lib/cpu/epilogue.c.i: cmake_force
@@ -86,7 +114,7 @@ CMakeFiles/quern.dir/lib/cpu/epilogue.c.s: cmake_force
 CMakeFiles/quern.dir/lib/error.c.o: CMakeFiles/quern.dir/flags.make
 CMakeFiles/quern.dir/lib/error.c.o: /work/main/lib/error.c
 CMakeFiles/quern.dir/lib/error.c.o: CMakeFiles/quern.dir/compiler_depend.ts
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_2) "Building C object CMakeFiles/quern.dir/lib/error.c.o"
+	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_4) "Building C object CMakeFiles/quern.dir/lib/error.c.o"
 	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -MD -MT CMakeFiles/quern.dir/lib/error.c.o -MF CMakeFiles/quern.dir/lib/error.c.o.d -o CMakeFiles/quern.dir/lib/error.c.o -c /work/main/lib/error.c
 
 CMakeFiles/quern.dir/lib/error.c.i: cmake_force
@@ -97,10 +125,24 @@ CMakeFiles/quern.dir/lib/error.c.s: cmake_force
 	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Compiling C source to assembly CMakeFiles/quern.dir/lib/error.c.s"
 	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -S /work/main/lib/error.c -o CMakeFiles/quern.dir/lib/error.c.s
 
+CMakeFiles/quern.dir/lib/executor.c.o: CMakeFiles/quern.dir/flags.make
+CMakeFiles/quern.dir/lib/executor.c.o: /work/main/lib/executor.c
+CMakeFiles/quern.dir/lib/executor.c.o: CMakeFiles/quern.dir/compiler_depend.ts
+	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_5) "Building C object CMakeFiles/quern.dir/lib/executor.c.o"
+	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -MD -MT CMakeFiles/quern.dir/lib/executor.c.o -MF CMakeFiles/quern.dir/lib/executor.c.o.d -o CMakeFiles/quern.dir/lib/executor.c.o -c /work/main/lib/executor.c
+
+CMakeFiles/quern.dir/lib/executor.c.i: cmake_force
+	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Preprocessing C source to CMakeFiles/quern.dir/lib/executor.c.i"
+	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -E /work/main/lib/executor.c > CMakeFiles/quern.dir/lib/executor.c.i
+
+CMakeFiles/quern.dir/lib/executor.c.s: cmake_force
+	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green "Compiling C source to assembly CMakeFiles/quern.dir/lib/executor.c.s"
+	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -S /work/main/lib/executor.c -o CMakeFiles/quern.dir/lib/executor.c.s
+
 CMakeFiles/quern.dir/lib/log.c.o: CMakeFiles/quern.dir/flags.make
 CMakeFiles/quern.dir/lib/log.c.o: /work/main/lib/log.c
 CMakeFiles/quern.dir/lib/log.c.o: CMakeFiles/quern.dir/compiler_depend.ts
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_3) "Building C object CMakeFiles/quern.dir/lib/log.c.o"
+	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_6) "Building C object CMakeFiles/quern.dir/lib/log.c.o"
 	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -MD -MT CMakeFiles/quern.dir/lib/log.c.o -MF CMakeFiles/quern.dir/lib/log.c.o.d -o CMakeFiles/quern.dir/lib/log.c.o -c /work/main/lib/log.c
 
 CMakeFiles/quern.dir/lib/log.c.i: cmake_force
@@ -114,7 +156,7 @@ CMakeFiles/quern.dir/lib/log.c.s: cmake_force
 CMakeFiles/quern.dir/lib/tensor.c.o: CMakeFiles/quern.dir/flags.make
 CMakeFiles/quern.dir/lib/tensor.c.o: /work/main/lib/tensor.c
 CMakeFiles/quern.dir/lib/tensor.c.o: CMakeFiles/quern.dir/compiler_depend.ts
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_4) "Building C object CMakeFiles/quern.dir/lib/tensor.c.o"
+	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_7) "Building C object CMakeFiles/quern.dir/lib/tensor.c.o"
 	/usr/bin/cc $(C_DEFINES) $(C_INCLUDES) $(C_FLAGS) -MD -MT CMakeFiles/quern.dir/lib/tensor.c.o -MF CMakeFiles/quern.dir/lib/tensor.c.o.d -o CMakeFiles/quern.dir/lib/tensor.c.o -c /work/main/lib/tensor.c
 
 CMakeFiles/quern.dir/lib/tensor.c.i: cmake_force
@@ -127,21 +169,27 @@ CMakeFiles/quern.dir/lib/tensor.c.s: cmake_force
 
 # Object files for target quern
 quern_OBJECTS = \
+"CMakeFiles/quern.dir/lib/batcher.c.o" \
+"CMakeFiles/quern.dir/lib/core.c.o" \
 "CMakeFiles/quern.dir/lib/cpu/epilogue.c.o" \
 "CMakeFiles/quern.dir/lib/error.c.o" \
+"CMakeFiles/quern.dir/lib/executor.c.o" \
 "CMakeFiles/quern.dir/lib/log.c.o" \
 "CMakeFiles/quern.dir/lib/tensor.c.o"
 
 # External object files for target quern
 quern_EXTERNAL_OBJECTS =
 
+libquern.a: CMakeFiles/quern.dir/lib/batcher.c.o
+libquern.a: CMakeFiles/quern.dir/lib/core.c.o
 libquern.a: CMakeFiles/quern.dir/lib/cpu/epilogue.c.o
 libquern.a: CMakeFiles/quern.dir/lib/error.c.o
+libquern.a: CMakeFiles/quern.dir/lib/executor.c.o
 libquern.a: CMakeFiles/quern.dir/lib/log.c.o
 libquern.a: CMakeFiles/quern.dir/lib/tensor.c.o
 libquern.a: CMakeFiles/quern.dir/build.make
 libquern.a: CMakeFiles/quern.dir/link.txt
-	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --bold --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_5) "Linking C static library libquern.a"
+	@$(CMAKE_COMMAND) -E cmake_echo_color --switch=$(COLOR) --green --bold --progress-dir=/work/main/build/CMakeFiles --progress-num=$(CMAKE_PROGRESS_8) "Linking C static library libquern.a"
 	$(CMAKE_COMMAND) -P CMakeFiles/quern.dir/cmake_clean_target.cmake
 	$(CMAKE_COMMAND) -E cmake_link_script CMakeFiles/quern.dir/link.txt --verbose=$(VERBOSE)
 
