@@ -287,9 +287,10 @@ TEST(activations_and_shapes)
     qn_backend_destroy(&be);
 }
 
-/* A single row goes through sgemv or sgemm (dense.h); both must be right, and
- * both must overwrite a NaN-filled y (beta = 0 stores, never scales). */
-TEST(row1_gemv_and_gemm)
+/* A batch goes through per-row sgemv or one sgemm (dense.h); both must be
+ * right at any row count, and both must overwrite a NaN-filled y (beta = 0
+ * stores, never scales). */
+TEST(gemv_and_gemm_paths)
 {
     qn_backend *be = NULL;
     CHECK_EQ_INT(qn_backend_cpu_create(1, &be), 0);
@@ -297,21 +298,25 @@ TEST(row1_gemv_and_gemm)
     qn_act act = QN_ACT_TANH;
     qn_model *m = model_new(33, 1, &out, &act, NULL);
     const qn_layer *l = &m->layers[0];
-    float *x = frand(33, 2.0), *y1 = falloc(out), *y2 = falloc(out);
-    double *ref = ref_forward(m, x, 1);
-    fill_nan(y1, out), fill_nan(y2, out);
-    CHECK_EQ_INT(qn_cpu_dense_f32_path(x, 1, l->in, l->w, l->out, l->bias, l->act, y1, QN_DENSE_GEMV), 0);
-    CHECK_EQ_INT(qn_cpu_dense_f32_path(x, 1, l->in, l->w, l->out, l->bias, l->act, y2, QN_DENSE_GEMM), 0);
-    CHECK(worst_err(y1, ref, out) <= TOL);
-    CHECK(worst_err(y2, ref, out) <= TOL);
-    /* GEMV is for one row only */
-    float *x2 = frand(66, 1.0), *y3 = falloc(2 * out);
-    CHECK_EQ_INT(qn_cpu_dense_f32_path(x2, 2, l->in, l->w, l->out, l->bias, l->act, y3, QN_DENSE_GEMV),
+    const int64_t rows_set[] = {1, 2, 3, QN_DENSE_GEMV_MAX_ROWS, QN_DENSE_GEMV_MAX_ROWS + 1, 17};
+    for (int i = 0; i < 6; i++) {
+        int64_t rows = rows_set[i];
+        float *xr = frand(rows * 33, 2.0), *y1 = falloc(rows * out), *y2 = falloc(rows * out);
+        double *ref = ref_forward(m, xr, rows);
+        fill_nan(y1, rows * out), fill_nan(y2, rows * out);
+        CHECK_EQ_INT(qn_cpu_dense_f32_path(xr, rows, l->in, l->w, l->out, l->bias, l->act, y1, QN_DENSE_GEMV), 0);
+        CHECK_EQ_INT(qn_cpu_dense_f32_path(xr, rows, l->in, l->w, l->out, l->bias, l->act, y2, QN_DENSE_GEMM), 0);
+        CHECK(worst_err(y1, ref, rows * out) <= TOL);
+        CHECK(worst_err(y2, ref, rows * out) <= TOL);
+        free(xr), free(y1), free(y2), free(ref);
+    }
+    float *x = frand(33, 1.0), *y1 = falloc(out);
+    CHECK_EQ_INT(qn_cpu_dense_f32_path(x, 1, l->in, l->w, l->out, l->bias, l->act, y1, (qn_dense_path)9),
                  QN_EINVAL);
     CHECK_EQ_INT(qn_cpu_dense_f32(x, 1, 0, l->w, l->out, NULL, QN_ACT_NONE, y1), QN_EINVAL);
     CHECK_EQ_INT(qn_cpu_dense_f32(x, -1, l->in, l->w, l->out, NULL, QN_ACT_NONE, y1), QN_EINVAL);
     CHECK_EQ_INT(qn_cpu_dense_f32(x, 1, l->in, l->w, l->out, NULL, QN_ACT_COUNT, y1), QN_EINVAL);
-    free(x), free(x2), free(y1), free(y2), free(y3), free(ref);
+    free(x), free(y1);
     model_free(&m);
     qn_backend_destroy(&be);
 }
@@ -592,7 +597,7 @@ int main(void)
     RUN(create_destroy);
     RUN(prepare_validates);
     RUN(activations_and_shapes);
-    RUN(row1_gemv_and_gemm);
+    RUN(gemv_and_gemm_paths);
     RUN(softmax_extreme_bias);
     RUN(softmax_huge_logits);
     RUN(activations_large_inputs);
