@@ -8,7 +8,9 @@
  * Every sample times a loop of forwards lasting about --sample-ms; the
  * variants being compared are interleaved sample by sample, so a noisy
  * neighbour hits all of them alike; we report the median of --reps samples.
- * Usage: bench_dense [--reps N] [--sample-ms M] */
+ * Usage: bench_dense [--reps N] [--sample-ms M] [--no-threads] [--forms IN OUT]
+ *   --no-threads skips sections 3 and 4; --forms runs only the comparison of
+ *   four spellings of the product for one layer shape. */
 #include <cblas.h>
 #include <math.h>
 #include <pthread.h>
@@ -291,8 +293,8 @@ static void v_form(variant *v)
 
 static void section_forms(int in, int out)
 {
-    static const int64_t rows[] = {1, 4, 8, 16, 64, 256};
-    enum { NR = 6 };
+    static const int64_t rows[] = {1, 2, 4, 8, 16, 32, 64, 256};
+    enum { NR = 8 };
     float *w = falloc_rand((int64_t)in * out, 0.03f), *wt = falloc_rand((int64_t)in * out, 0);
     for (int j = 0; j < out; j++)
         for (int k = 0; k < in; k++) wt[(int64_t)k * out + j] = w[(int64_t)j * in + k];
@@ -312,6 +314,32 @@ static void section_forms(int in, int out)
                med(&v[4 * r + 2]), med(&v[4 * r + 3]));
     free(w), free(wt), free(x), free(y), free(yt);
     release(v, 4 * NR);
+}
+
+/* The epilogue alone, per activation, on a 256 x 1024 output (ns/element):
+ * relu is a vector loop; the others are libm-bound. */
+static void v_epi_act(variant *v) /* a: buffer, b: bias, c: qn_act * */
+{
+    qn_cpu_epilogue(v->a, v->rows, 1024, 1024, v->b, *(qn_act *)v->c);
+}
+
+static void section_epilogue(void)
+{
+    static qn_act acts[QN_ACT_COUNT];
+    float *y = falloc_rand(256 * 1024, 2.0f), *b = falloc_rand(1024, 0.1f);
+    variant v[QN_ACT_COUNT];
+    memset(v, 0, sizeof v);
+    for (int a = 0; a < QN_ACT_COUNT; a++) {
+        acts[a] = (qn_act)a;
+        v[a] = (variant){.fn = v_epi_act, .a = y, .b = b, .c = &acts[a], .rows = 256};
+    }
+    measure(v, QN_ACT_COUNT);
+    static const char *const names[] = {"none (bias only)", "relu", "gelu", "sigmoid", "tanh", "softmax"};
+    printf("\n## epilogue alone, 256 x 1024 with bias (median of %d)\n\n| activation | µs | ns/element |\n|---|---:|---:|\n", g_reps);
+    for (int a = 0; a < QN_ACT_COUNT; a++)
+        printf("| %s | %.1f | %.2f |\n", names[a], med(&v[a]), med(&v[a]) * 1e3 / (256.0 * 1024));
+    free(y), free(b);
+    release(v, QN_ACT_COUNT);
 }
 
 /* The BLAS thread count is process-global; qn_backend_cpu_create sets it
@@ -417,19 +445,25 @@ static void section_executors(qn_model *m)
 
 int main(int argc, char **argv)
 {
-    int no_threads = 0;
+    int no_threads = 0, forms_in = 0, forms_out = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--sample-ms") && i + 1 < argc) g_sample_ms = atof(argv[++i]);
         else if (!strcmp(argv[i], "--no-threads")) no_threads = 1;
+        else if (!strcmp(argv[i], "--forms") && i + 2 < argc) forms_in = atoi(argv[++i]), forms_out = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--reps N] [--sample-ms M] [--no-threads]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--reps N] [--sample-ms M] [--no-threads] [--forms IN OUT]\n", argv[0]);
             return 2;
         }
     }
     if (g_reps < 1) g_reps = 1;
     if (qn_backend_cpu_create(1, &g_be)) return 1;
     printf("# bench_dense: %s, core %s\n", openblas_get_config(), openblas_get_corename());
+    if (forms_in > 0 && forms_out > 0) { /* only the four spellings, for one shape */
+        section_forms(forms_in, forms_out);
+        qn_backend_destroy(&g_be);
+        return 0;
+    }
 
     const int64_t oa[] = {1024, 1024, 16}, ob[] = {128, 10};
     const qn_act aa[] = {QN_ACT_RELU, QN_ACT_RELU, QN_ACT_NONE}, ab[] = {QN_ACT_RELU, QN_ACT_SOFTMAX};
@@ -443,6 +477,7 @@ int main(int argc, char **argv)
     section_gemv(mb);
     section_forms(1024, 1024);
     section_forms(256, 1024);
+    section_epilogue();
     if (!no_threads) {
         section_threads(ma);
         section_executors(ma);

@@ -9,6 +9,16 @@
 #include "cpu/epilogue.h"
 #include "error.h"
 
+/* Crossovers measured with bench_dense --forms (notes): per-row sgemv beats
+ * sgemm up to ~4 rows for 1 MiB of weights, ~16 for 4 MiB and ~8 for 16 MiB
+ * (where sgemv itself streams from L3/DRAM). One row per 256 KiB, capped at
+ * 8, lands on or just below each crossover. */
+int64_t qn_cpu_dense_gemv_rows(int64_t in, int64_t out)
+{
+    int64_t n = in * out * (int64_t)sizeof(float) / (256 * 1024);
+    return n < QN_DENSE_GEMV_MAX_ROWS ? n : QN_DENSE_GEMV_MAX_ROWS;
+}
+
 int qn_cpu_dense_f32(const float *x, int64_t rows, int64_t in, const float *w, int64_t out,
                      const float *bias, qn_act act, float *y)
 {
@@ -23,7 +33,7 @@ int qn_cpu_dense_f32_path(const float *x, int64_t rows, int64_t in, const float 
         return QN_EINVAL;
     if (rows == 0) return 0;
     if (!x || !w || !y || (unsigned)act >= QN_ACT_COUNT) return QN_EINVAL;
-    if (path == QN_DENSE_AUTO) path = rows <= QN_DENSE_GEMV_MAX_ROWS ? QN_DENSE_GEMV : QN_DENSE_GEMM;
+    if (path == QN_DENSE_AUTO) path = rows <= qn_cpu_dense_gemv_rows(in, out) ? QN_DENSE_GEMV : QN_DENSE_GEMM;
 
     switch (path) {
     case QN_DENSE_GEMV:

@@ -508,7 +508,7 @@ TEST(ctx_reuse)
  * both the sgemv and the sgemm path: results must be bit-identical to each
  * other and to a single-threaded run, and right. */
 #define TH_ITERS 40
-static const int64_t th_rows[3] = {1, 17, 257};
+static const int64_t th_rows[3] = {1, 3, 257};
 typedef struct {
     qn_backend *be;
     const qn_model *m;
@@ -540,9 +540,14 @@ TEST(two_threads)
 {
     qn_backend *be = NULL;
     CHECK_EQ_INT(qn_backend_cpu_create(1, &be), 0);
-    int64_t outs[] = {128, 128, 10};
+    /* widths chosen so that AUTO mixes paths: 1024→512 (2 MiB) takes sgemv
+     * up to 8 rows, 64→1024 (256 KiB) at one row, 512→10 never */
+    int64_t outs[] = {1024, 512, 10};
     qn_act acts[] = {QN_ACT_RELU, QN_ACT_GELU, QN_ACT_SOFTMAX};
     qn_model *m = model_new(64, 3, outs, acts, NULL);
+    CHECK_EQ_INT(qn_cpu_dense_gemv_rows(1024, 512), 8);
+    CHECK_EQ_INT(qn_cpu_dense_gemv_rows(64, 1024), 1);
+    CHECK_EQ_INT(qn_cpu_dense_gemv_rows(512, 10), 0);
     CHECK_EQ_INT(prepare(be, m), 0);
     float *x = frand(257 * 64, 1.0);
     th_arg args[2];
