@@ -3,6 +3,7 @@
  * SIGINT and shuts down in data-flow order: stop intake, let in-flight jobs
  * finish and their results leave, stop the core, close the transports.
  * Configuration is passed down as arguments; nothing below reads globals. */
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -22,6 +23,17 @@
 #include "zmq_transport.h"
 
 #define MAX_TRANSPORTS 4
+
+static int g_sigpipe[2] = {-1, -1};
+
+static void on_signal(int sig)
+{
+    unsigned char b = (unsigned char)sig;
+    int saved = errno;
+    ssize_t w = write(g_sigpipe[1], &b, 1);
+    (void)w;
+    errno = saved;
+}
 #define MAX_X 64
 
 typedef struct worker_opts {
@@ -259,12 +271,19 @@ int main(int argc, char **argv)
     if ((rc = refuse_unbuilt(&o))) return rc;
     qn_log_init_from_env();
 
-    /* Signals are taken by sigwait in this thread only. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    /* Libraries start threads of their own (OpenBLAS at load time), so a
+     * signal may land on any thread: the handler only writes to a pipe that
+     * this thread waits on. A second signal during shutdown is harmless. */
+    if (pipe(g_sigpipe) != 0) {
+        perror("quern-worker: pipe");
+        return 1;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     int exit_code = 1;
@@ -306,10 +325,13 @@ int main(int argc, char **argv)
             (long long)o.core.batch.max_batch_rows, (long long)o.core.batch.max_delay_us,
             (long long)o.core.batch.queue_limit_rows);
 
-    int sig = 0;
-    sigwait(&sigs, &sig);
+    unsigned char sig = 0;
+    while (read(g_sigpipe[0], &sig, 1) < 0 && errno == EINTR) {}
     QN_LOGI("worker", "signal %d: draining", sig);
+    /* Data-flow order: no new jobs; run what is queued now (no batching
+     * delay) and join the executors; let the results leave; then close. */
     for (int i = 0; i < nt; i++) ts[i].iface->stop_intake(ts[i].self);
+    qn_core_stop(core);
     drain(ts, nt, o.drain_timeout_ms);
     exit_code = 0;
 out:
