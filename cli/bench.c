@@ -432,7 +432,7 @@ static int bench_run(int argc, char **argv)
                               "rejected", (json_int_t)b.c.rejected, "unmatched",
                               (json_int_t)b.c.unmatched, "codes", codes, "client_cpu_s", cpu,
                               "complete", prc == 0);
-        char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
         if (s) printf("%s\n", s);
         free(s);
         json_decref(o);

@@ -73,7 +73,7 @@ static bool looks_like_probabilities(const float *y, int64_t rows, int64_t cols)
     return true;
 }
 
-#define SHOW_COLS 8
+#define SHOW_COLS 10
 
 static void print_result(const qn_result_view *v, int64_t max_rows)
 {
@@ -95,12 +95,12 @@ static void print_result(const qn_result_view *v, int64_t max_rows)
     for (int64_t c = 0; c < shown; c++) {
         char name[32];
         snprintf(name, sizeof name, "out%" PRId64, c);
-        printf("  %12s", name);
+        printf("  %10s", name);
     }
     if (shown < v->cols) {
         char name[32];
         snprintf(name, sizeof name, "out%" PRId64, v->cols - 1);
-        printf("  %5s  %12s", "...", name);
+        printf("  %3s  %10s", "...", name);
     }
     if (probs) printf("  %6s  %8s", "argmax", "p");
     printf("\n");
@@ -109,8 +109,8 @@ static void print_result(const qn_result_view *v, int64_t max_rows)
     for (int64_t r = 0; r < nrows; r++) {
         const float *y = v->outputs + r * v->cols;
         printf("%6" PRId64, r);
-        for (int64_t c = 0; c < shown; c++) printf("  %12.6g", y[c]);
-        if (shown < v->cols) printf("  %5s  %12.6g", "...", y[v->cols - 1]);
+        for (int64_t c = 0; c < shown; c++) printf("  %10.5g", y[c]);
+        if (shown < v->cols) printf("  %3s  %10.5g", "...", y[v->cols - 1]);
         if (probs) {
             int64_t best = 0;
             for (int64_t c = 1; c < v->cols; c++)
