@@ -74,6 +74,7 @@ static void usage(FILE *f)
         "  --threads N              executor threads (default 1)\n"
         "  --device cpu|cuda|auto   compute device (default auto)\n"
         "  --max-message-bytes N    larger jobs get too_large (default %u)\n"
+        "  --direct-max-flops N     run models up to N FLOPs/row on the IO thread (default %d; 0: off)\n"
         "cache:\n"
         "  --cache-dir DIR          LMDB result cache directory\n"
         "  --cache-size MB          cache size (0: no cache)\n"
@@ -82,7 +83,7 @@ static void usage(FILE *f)
         "  --drain-timeout-ms N     longest shutdown waits for in-flight jobs (default 30000)\n"
         "  -h, --help               this text\n",
         QN_BATCHER_DEFAULT_MAX_BATCH, QN_BATCHER_DEFAULT_MAX_DELAY_US,
-        QN_BATCHER_DEFAULT_QUEUE_LIMIT, QN_DEFAULT_MAX_MESSAGE);
+        QN_BATCHER_DEFAULT_QUEUE_LIMIT, QN_DEFAULT_MAX_MESSAGE, QN_CORE_DEFAULT_DIRECT_MAX_FLOPS);
 }
 
 static int parse_long(const char *flag, const char *s, long lo, long hi, long *out)
@@ -100,7 +101,7 @@ static int parse_long(const char *flag, const char *s, long lo, long hi, long *o
 enum {
     OPT_REPO = 256, OPT_ZMQ, OPT_KBROKERS, OPT_KTOPIC, OPT_KGROUP, OPT_REPLY, OPT_DLQ,
     OPT_MAXBATCH, OPT_MAXDELAY, OPT_QLIMIT, OPT_CACHEDIR, OPT_CACHESIZE, OPT_THREADS,
-    OPT_DEVICE, OPT_BROKER, OPT_MAXMSG, OPT_POLL, OPT_DRAIN,
+    OPT_DEVICE, OPT_BROKER, OPT_MAXMSG, OPT_POLL, OPT_DRAIN, OPT_DIRECT,
 };
 
 /* Returns 0, or 2 for a usage error (message printed). */
@@ -125,6 +126,7 @@ static int parse_args(int argc, char **argv, worker_opts *o)
         {"max-message-bytes", required_argument, 0, OPT_MAXMSG},
         {"poll-ms", required_argument, 0, OPT_POLL},
         {"drain-timeout-ms", required_argument, 0, OPT_DRAIN},
+        {"direct-max-flops", required_argument, 0, OPT_DIRECT},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -198,6 +200,10 @@ static int parse_args(int argc, char **argv, worker_opts *o)
         case OPT_DRAIN:
             if (parse_long("--drain-timeout-ms", optarg, 0, 3600000, &v)) return 2;
             o->drain_timeout_ms = (int)v;
+            break;
+        case OPT_DIRECT:
+            if (parse_long("--direct-max-flops", optarg, 0, 1L << 40, &v)) return 2;
+            o->core.direct_max_flops = v;
             break;
         case 'h': usage(stdout); exit(0);
         default:
