@@ -49,6 +49,7 @@ typedef struct worker_opts {
     const char *broker;
     int poll_ms;
     int drain_timeout_ms;
+    int blas_threads;
     qn_core_opts core;
 } worker_opts;
 
@@ -72,6 +73,7 @@ static void usage(FILE *f)
         "  --max-delay-us N         longest a job waits for a batch to fill (default %d: greedy)\n"
         "  --queue-limit N          most queued rows; past it jobs are rejected (default %d)\n"
         "  --threads N              executor threads (default 1)\n"
+        "  --blas-threads N         OpenBLAS threads inside one forward (default: cores / threads)\n"
         "  --device cpu|cuda|auto   compute device (default auto)\n"
         "  --max-message-bytes N    larger jobs get too_large (default %u)\n"
         "  --direct-max-flops N     run models up to N FLOPs/row on the IO thread (default %d; 0: off)\n"
@@ -101,7 +103,7 @@ static int parse_long(const char *flag, const char *s, long lo, long hi, long *o
 enum {
     OPT_REPO = 256, OPT_ZMQ, OPT_KBROKERS, OPT_KTOPIC, OPT_KGROUP, OPT_REPLY, OPT_DLQ,
     OPT_MAXBATCH, OPT_MAXDELAY, OPT_QLIMIT, OPT_CACHEDIR, OPT_CACHESIZE, OPT_THREADS,
-    OPT_DEVICE, OPT_BROKER, OPT_MAXMSG, OPT_POLL, OPT_DRAIN, OPT_DIRECT,
+    OPT_DEVICE, OPT_BROKER, OPT_MAXMSG, OPT_POLL, OPT_DRAIN, OPT_DIRECT, OPT_BLAS,
 };
 
 /* Returns 0, or 2 for a usage error (message printed). */
@@ -127,6 +129,7 @@ static int parse_args(int argc, char **argv, worker_opts *o)
         {"poll-ms", required_argument, 0, OPT_POLL},
         {"drain-timeout-ms", required_argument, 0, OPT_DRAIN},
         {"direct-max-flops", required_argument, 0, OPT_DIRECT},
+        {"blas-threads", required_argument, 0, OPT_BLAS},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -139,6 +142,7 @@ static int parse_args(int argc, char **argv, worker_opts *o)
     o->device = "auto";
     o->poll_ms = 500;
     o->drain_timeout_ms = 30000;
+    o->blas_threads = 0; /* auto: the cores left per executor thread */
     o->cache_size_mb = 1024;
     long v;
     int c;
@@ -204,6 +208,10 @@ static int parse_args(int argc, char **argv, worker_opts *o)
         case OPT_DIRECT:
             if (parse_long("--direct-max-flops", optarg, 0, 1L << 40, &v)) return 2;
             o->core.direct_max_flops = v;
+            break;
+        case OPT_BLAS:
+            if (parse_long("--blas-threads", optarg, 1, 256, &v)) return 2;
+            o->blas_threads = (int)v;
             break;
         case 'h': usage(stdout); exit(0);
         default:
@@ -300,7 +308,15 @@ int main(int argc, char **argv)
     qn_transport ts[MAX_TRANSPORTS];
     int nt = 0;
 
-    if ((rc = qn_backend_cpu_create(1, &be))) {
+    if (o.blas_threads == 0) {
+        /* Measured (bench/README.md): on 2 cores one executor with 2 BLAS
+         * threads beats two executors with 1 each, for batch-1 latency and
+         * for batched throughput on compute-bound models. */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        o.blas_threads = (int)(cores / o.core.threads);
+        if (o.blas_threads < 1) o.blas_threads = 1;
+    }
+    if ((rc = qn_backend_cpu_create(o.blas_threads, &be))) {
         QN_LOGE("worker", "cannot create the CPU backend: %s", qn_strerror(rc));
         goto out;
     }
@@ -326,8 +342,8 @@ int main(int argc, char **argv)
             QN_LOGE("worker", "cannot start the %s transport: %s", ts[i].iface->name, qn_strerror(rc));
             goto out;
         }
-    QN_LOGI("worker", "ready: repo %s, device cpu, %d executor thread(s), max batch %lld, "
-            "max delay %lld us, queue limit %lld rows", o.model_repo, o.core.threads,
+    QN_LOGI("worker", "ready: repo %s, device cpu, %d executor thread(s) x %d BLAS thread(s), max batch %lld, "
+            "max delay %lld us, queue limit %lld rows", o.model_repo, o.core.threads, o.blas_threads,
             (long long)o.core.batch.max_batch_rows, (long long)o.core.batch.max_delay_us,
             (long long)o.core.batch.queue_limit_rows);
 
