@@ -8,8 +8,8 @@
  * Every sample times a loop of forwards lasting about --sample-ms; the
  * variants being compared are interleaved sample by sample, so a noisy
  * neighbour hits all of them alike; we report the median of --reps samples.
- * Usage: bench_dense [--reps N] [--sample-ms M] [--no-threads] [--forms IN OUT]
- *   --no-threads skips sections 3 and 4; --forms runs only the comparison of
+ * Usage: bench_dense [--reps N] [--sample-ms M] [--no-threads | --threads-only] [--forms IN OUT]
+ *   --no-threads skips sections 3 and 4, --threads-only runs only them; --forms runs only the comparison of
  *   four spellings of the product for one layer shape. */
 #include <cblas.h>
 #include <math.h>
@@ -92,7 +92,15 @@ typedef struct variant {
     int64_t rows;
     long iters;       /* calls per sample, calibrated */
     double *samples;  /* µs per call */
+    double *cpu;      /* process CPU time / wall time per sample, % */
 } variant;
+
+static double cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 static int cmp_d(const void *a, const void *b)
 {
@@ -122,19 +130,24 @@ static void measure(variant *v, int nv)
         double per = (double)(qn_now_ns() - t0) / (double)k;
         v[i].iters = (long)(g_sample_ms * 1e6 / per) + 1;
         v[i].samples = calloc((size_t)g_reps, sizeof(double));
+        v[i].cpu = calloc((size_t)g_reps, sizeof(double));
     }
     for (int r = 0; r < g_reps; r++)
         for (int i = 0; i < nv; i++) {
             uint64_t t0 = qn_now_ns();
+            double c0 = cpu_s();
             for (long k = 0; k < v[i].iters; k++) v[i].fn(&v[i]);
-            v[i].samples[r] = (double)(qn_now_ns() - t0) / 1e3 / (double)v[i].iters;
+            uint64_t dt = qn_now_ns() - t0;
+            v[i].samples[r] = (double)dt / 1e3 / (double)v[i].iters;
+            v[i].cpu[r] = 100.0 * (cpu_s() - c0) / ((double)dt / 1e9);
         }
 }
 
 static double med(variant *v) { return median(v->samples, g_reps); }
+static double med_cpu(variant *v) { return median(v->cpu, g_reps); }
 static void release(variant *v, int nv)
 {
-    for (int i = 0; i < nv; i++) free(v[i].samples);
+    for (int i = 0; i < nv; i++) free(v[i].samples), free(v[i].cpu);
 }
 
 /* ---- the things timed */
@@ -363,7 +376,7 @@ static void section_threads(qn_model *m)
     static const int64_t rows[] = {1, 64, 256};
     static int threads[2] = {1, 2};
     printf("\n## %s: 1 vs 2 BLAS threads, one forward at a time (µs, median of %d)\n\n", m->name, g_reps);
-    printf("| rows | 1 thread | 2 threads | speed-up |\n|---:|---:|---:|---:|\n");
+    printf("| rows | 1 thread | 2 threads | speed-up | CPU %% with 2 |\n|---:|---:|---:|---:|---:|\n");
     variant v[6];
     fwd_io io[3];
     memset(v, 0, sizeof v);
@@ -375,7 +388,7 @@ static void section_threads(qn_model *m)
     measure(v, 6);
     for (int r = 0; r < 3; r++) {
         double a = med(&v[2 * r]), b = med(&v[2 * r + 1]);
-        printf("| %lld | %.1f | %.1f | %.2fx |\n", (long long)rows[r], a, b, a / b);
+        printf("| %lld | %.1f | %.1f | %.2fx | %.0f%% |\n", (long long)rows[r], a, b, a / b, med_cpu(&v[2 * r + 1]));
     }
     for (int r = 0; r < 3; r++) io_free(&io[r]);
     release(v, 6);
@@ -396,13 +409,6 @@ static void *exec_main(void *p)
         a->done++;
     }
     return NULL;
-}
-
-static double cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* Rows per second of execs executors with blas BLAS threads; *cpu gets the
@@ -443,16 +449,29 @@ static void section_executors(qn_model *m)
     set_threads(1);
 }
 
+/* The machine is shared: the load average goes with every table. */
+static void print_load(const char *when)
+{
+    char buf[128] = "?";
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (!fgets(buf, sizeof buf, f)) snprintf(buf, sizeof buf, "?\n");
+        fclose(f);
+    }
+    printf("\n_load average %s: %s_\n", when, strtok(buf, "\n") ? buf : "?");
+}
+
 int main(int argc, char **argv)
 {
-    int no_threads = 0, forms_in = 0, forms_out = 0;
+    int no_threads = 0, threads_only = 0, forms_in = 0, forms_out = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--sample-ms") && i + 1 < argc) g_sample_ms = atof(argv[++i]);
         else if (!strcmp(argv[i], "--no-threads")) no_threads = 1;
+        else if (!strcmp(argv[i], "--threads-only")) threads_only = 1;
         else if (!strcmp(argv[i], "--forms") && i + 2 < argc) forms_in = atoi(argv[++i]), forms_out = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--reps N] [--sample-ms M] [--no-threads] [--forms IN OUT]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--reps N] [--sample-ms M] [--no-threads | --threads-only] [--forms IN OUT]\n", argv[0]);
             return 2;
         }
     }
@@ -471,17 +490,21 @@ int main(int argc, char **argv)
     void *st = NULL;
     if (g_be->iface->model_prepare(g_be, ma, &st) || g_be->iface->model_prepare(g_be, mb, &st)) return 1;
 
-    section_forward(ma);
-    section_forward(mb);
-    section_gemv(ma);
-    section_gemv(mb);
-    section_forms(1024, 1024);
-    section_forms(256, 1024);
-    section_epilogue();
+    print_load("at start");
+    if (!threads_only) {
+        section_forward(ma);
+        section_forward(mb);
+        section_gemv(ma);
+        section_gemv(mb);
+        section_forms(1024, 1024);
+        section_forms(256, 1024);
+        section_epilogue();
+    }
     if (!no_threads) {
         section_threads(ma);
         section_executors(ma);
     }
+    print_load("at end");
     model_free(ma);
     model_free(mb);
     qn_backend_destroy(&g_be);

@@ -239,7 +239,7 @@ int qn_backend_cpu_create(int blas_threads, qn_backend **out)
      * to this many threads. The worker's executors each run their own
      * forwards and ask for 1 (bench/notes/dense.md has the measurements). */
     openblas_set_num_threads(blas_threads);
-    QN_LOGD("cpu", "backend up: OpenBLAS %s, core %s, %d BLAS thread(s)", openblas_get_config(),
+    QN_LOGI("cpu", "backend up: %s, core %s, %d BLAS thread(s)", openblas_get_config(),
             openblas_get_corename(), blas_threads);
     *out = &b->pub;
     return 0;

@@ -15,7 +15,8 @@
  * 8, lands on or just below each crossover. */
 int64_t qn_cpu_dense_gemv_rows(int64_t in, int64_t out)
 {
-    int64_t n = in * out * (int64_t)sizeof(float) / (256 * 1024);
+    if (in < 1 || out < 1 || in > INT_MAX || out > INT_MAX) return 0;
+    int64_t n = in * out / (256 * 1024 / (int64_t)sizeof(float)); /* in*out < 2^62: no overflow */
     return n < QN_DENSE_GEMV_MAX_ROWS ? n : QN_DENSE_GEMV_MAX_ROWS;
 }
 
