@@ -43,6 +43,7 @@ static int32_t P_DEC[4] = {0, 3, 2, 5};
 static int32_t P_END[4] = {0, 2, 3, 4};
 static int32_t I_OOB[5] = {0, 4, 1, 0, 2};
 static int32_t I_NEG[5] = {0, -1, 1, 0, 2};
+static int32_t I_DUP[5] = {3, 3, 1, 0, 2};
 static int32_t P0[4] = {0, 0, 0, 0};
 static int32_t IW[12];
 
@@ -66,6 +67,7 @@ static qn_st_tensor g_ts[] = {
     T1("p_end", QN_DTYPE_I32, 4, P_END),
     T1("i_oob", QN_DTYPE_I32, 5, I_OOB),
     T1("i_neg", QN_DTYPE_I32, 5, I_NEG),
+    T1("i_dup", QN_DTYPE_I32, 5, I_DUP),
     T1("p0", QN_DTYPE_I32, 4, P0),
     {.name = "i0", .dtype = QN_DTYPE_I32, .ndim = 1, .shape = {0}, .data = NULL, .nbytes = 0},
     {.name = "v0", .dtype = QN_DTYPE_F32, .ndim = 1, .shape = {0}, .data = NULL, .nbytes = 0},
@@ -301,6 +303,7 @@ static const struct bad {
     {"quern.mlp.c1", "[{\"type\":\"dense\",\"repr\":\"csr_f32\",\"indptr\":\"p\",\"indices\":\"i_oob\",\"values\":\"v\",\"bias\":null,\"activation\":\"none\",\"in\":4,\"out\":3}]", QN_EFORMAT, "column 4 of 4"},
     {"quern.mlp.c1", "[{\"type\":\"dense\",\"repr\":\"csr_f32\",\"indptr\":\"p\",\"indices\":\"i\",\"values\":\"v\",\"bias\":null,\"activation\":\"none\",\"in\":3,\"out\":3}]", QN_EFORMAT, "column 3 with in 3"},
     {"quern.mlp.c1", "[{\"type\":\"dense\",\"repr\":\"csr_f32\",\"indptr\":\"p\",\"indices\":\"i_neg\",\"values\":\"v\",\"bias\":null,\"activation\":\"none\",\"in\":4,\"out\":3}]", QN_EFORMAT, "column -1"},
+    {"quern.mlp.c1", "[{\"type\":\"dense\",\"repr\":\"csr_f32\",\"indptr\":\"p\",\"indices\":\"i_dup\",\"values\":\"v\",\"bias\":null,\"activation\":\"none\",\"in\":4,\"out\":3}]", QN_EFORMAT, "column 3 twice in row 0"},
     {"quern.mlp.c1", "[{\"type\":\"dense\",\"repr\":\"csr_f32\",\"indptr\":\"p\",\"indices\":\"i\",\"values\":\"b\",\"bias\":null,\"activation\":\"none\",\"in\":4,\"out\":3}]", QN_ESHAPE, "values [3] for nnz 5"},
     {"quern.mlp.c1", "[{\"type\":\"dense\",\"repr\":\"csr_f32\",\"indptr\":\"p\",\"indices\":\"i\",\"values\":\"vq\",\"bias\":null,\"activation\":\"none\",\"in\":4,\"out\":3}]", QN_EFORMAT, "csr_f32 with I8 values"},
     {"quern.mlp.c1", "[{\"type\":\"dense\",\"repr\":\"csr_int8\",\"indptr\":\"p\",\"indices\":\"i\",\"values\":\"v\",\"scale\":\"s\",\"bias\":null,\"activation\":\"none\",\"in\":4,\"out\":3}]", QN_EFORMAT, "csr_int8 with F32 values"},
