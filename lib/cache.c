@@ -716,6 +716,10 @@ static int apply_bump(qn_cache *c, MDB_txn *txn, const uint8_t kb[16], uint32_t 
      * that matters; the loop bound keeps a flush cheap */
     for (uint32_t i = 0; i < n && i < 2048 && cnt < 255; i++)
         cnt = qn_lfu_incr(cnt, c->o.lfu_log_factor, rng_unit(&c->rng));
+    /* Most hits on a warm key change nothing LFU can see: the counter grows
+     * with probability 1/((c-5)*factor+1) and aging counts minutes. Then
+     * skip the write, which would copy a whole leaf page. */
+    if (cnt == r[0] && now / 60 == get_u32(r + 4) / 60) return 0;
     unsigned char nr[LFU_REC];
     lfu_rec(nr, cnt, now, get_u32(r + 8));
     MDB_val nv = {LFU_REC, nr};

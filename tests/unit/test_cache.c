@@ -17,7 +17,31 @@
 #include <stdint.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <ftw.h>
 #include <time.h>
+
+/* Scratch directories, removed at the end (kept when a test failed). */
+static char *g_dirs[64];
+static int g_ndirs;
+static char *tmpdir(const char *tag)
+{
+    char *d = qn_test_tmpdir(tag);
+    if (g_ndirs < 64) g_dirs[g_ndirs++] = d;
+    return d;
+}
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb; (void)flag; (void)ftw;
+    return remove(path);
+}
+static void rm_dirs(void)
+{
+    for (int i = 0; i < g_ndirs; i++) {
+        chmod(g_dirs[i], 0755);
+        nftw(g_dirs[i], rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        free(g_dirs[i]);
+    }
+}
 
 static int64_t g_now_ms = 1700000000000LL;
 static int64_t fake_clock(void *ctx) { (void)ctx; return g_now_ms; }
@@ -137,11 +161,11 @@ TEST(lfu_math)
 
 TEST(roundtrip_bit_identical)
 {
-    char *dir = qn_test_tmpdir("cache_rt");
+    char *dir = tmpdir("cache_rt");
     qn_cache_opts o = test_opts();
     qn_cache *c = NULL;
     CHECK_EQ_INT(qn_cache_open(dir, 16, &o, &c), 0);
-    if (!c) { free(dir); return; }
+    if (!c) return;
     /* awkward floats: NaN with a payload, -0, denormal, inf */
     uint32_t bits[6] = {0x7fc01234u, 0x80000000u, 0x00000001u, 0x7f800000u, 0xff800000u, 0x3f800001u};
     float out[6], got[6];
@@ -180,12 +204,11 @@ TEST(roundtrip_bit_identical)
     CHECK(st.bytes > 0);
     qn_cache_close(&c);
     CHECK(c == NULL);
-    free(dir);
 }
 
 TEST(miss_and_bad_args)
 {
-    char *dir = qn_test_tmpdir("cache_miss");
+    char *dir = tmpdir("cache_miss");
     qn_cache_opts o = test_opts();
     qn_cache *c = NULL;
     CHECK_EQ_INT(qn_cache_open(dir, 0, &o, &c), QN_EINVAL);
@@ -201,7 +224,6 @@ TEST(miss_and_bad_args)
     free(big);
     CHECK_EQ_INT(qn_cache_flush(c), 0);
     qn_cache_close(&c);
-    free(dir);
 }
 
 /* Rewrites the stored value of key with fn applied, through a raw LMDB txn
@@ -257,7 +279,7 @@ static int raw_count(const char *dir, const char *db)
 
 TEST(checksum_corruption)
 {
-    char *dir = qn_test_tmpdir("cache_csum");
+    char *dir = tmpdir("cache_csum");
     qn_cache_opts o = test_opts();
     qn_cache *c = NULL;
     CHECK_EQ_INT(qn_cache_open(dir, 8, &o, &c), 0);
@@ -286,14 +308,13 @@ TEST(checksum_corruption)
     qn_cache_close(&c);
     CHECK_EQ_INT(raw_count(dir, "entries"), 8);
     CHECK_EQ_INT(raw_count(dir, "lfu"), 8);
-    free(dir);
 }
 
 /* Capacity of a 4 MiB cache in 1x16 entries is about 8000: hot keys hit
  * many times, then a scan of cold keys several times the capacity. */
 TEST(eviction_keeps_hot)
 {
-    char *dir = qn_test_tmpdir("cache_hot");
+    char *dir = tmpdir("cache_hot");
     qn_cache_opts o = test_opts();
     qn_cache *c = NULL;
     CHECK_EQ_INT(qn_cache_open(dir, 4, &o, &c), 0);
@@ -317,12 +338,11 @@ TEST(eviction_keeps_hot)
     CHECK(hot_left >= (int)hot * 95 / 100);
     CHECK(cold_left < 2000); /* equal counters, same minute: evicted at random */
     qn_cache_close(&c);
-    free(dir);
 }
 
 TEST(aging_evicts_old_hot)
 {
-    char *dir = qn_test_tmpdir("cache_age");
+    char *dir = tmpdir("cache_age");
     qn_cache_opts o = test_opts();
     o.lfu_decay_min = 1;
     qn_cache *c = NULL;
@@ -342,12 +362,11 @@ TEST(aging_evicts_old_hot)
     printf("    old-hot kept %d/%d after aging\n", hot_left, (int)hot);
     CHECK(hot_left <= (int)hot / 10);
     qn_cache_close(&c);
-    free(dir);
 }
 
 TEST(size_bound)
 {
-    char *dir = qn_test_tmpdir("cache_size");
+    char *dir = tmpdir("cache_size");
     qn_cache_opts o = test_opts();
     qn_cache *c = NULL;
     const uint64_t mb = 2;
@@ -388,12 +407,11 @@ TEST(size_bound)
     CHECK(st.tree_bytes <= st.map_bytes);
     CHECK(st.entries > 100);
     qn_cache_close(&c);
-    free(dir);
 }
 
 TEST(persistence)
 {
-    char *dir = qn_test_tmpdir("cache_persist");
+    char *dir = tmpdir("cache_persist");
     qn_cache_opts o = test_opts();
     qn_cache *c = NULL;
     CHECK_EQ_INT(qn_cache_open(dir, 8, &o, &c), 0);
@@ -418,10 +436,8 @@ TEST(persistence)
     }
     CHECK_EQ_INT(ok, 500);
     qn_cache_close(&c);
-    char *none = qn_test_tmpdir("cache_none");
+    char *none = tmpdir("cache_none");
     CHECK_EQ_INT(qn_cache_stats_read(none, &rs), QN_ENOTFOUND);
-    free(none);
-    free(dir);
 }
 
 /* A child opens the cache itself (LMDB handles never cross fork), writes
@@ -461,7 +477,7 @@ static int child_share(const char *dir, uint64_t mine, uint64_t theirs)
 
 TEST(two_processes)
 {
-    char *dir = qn_test_tmpdir("cache_2p");
+    char *dir = tmpdir("cache_2p");
     fflush(NULL);
     pid_t a = fork();
     if (a == 0) _exit(child_share(dir, 0, 100000));
@@ -477,14 +493,13 @@ TEST(two_processes)
     CHECK_EQ_INT(rs.entries, 4000);
     CHECK_EQ_INT(rs.total_inserts, 4000);
     CHECK(rs.total_hits >= 4000); /* each read all of the other's, some more than once */
-    free(dir);
 }
 
 /* kill -9 in the middle of writing: the next open finds a consistent cache
  * whose every value is the one that was put. */
 TEST(kill9_during_writes)
 {
-    char *dir = qn_test_tmpdir("cache_kill");
+    char *dir = tmpdir("cache_kill");
     int pfd[2];
     CHECK(pipe(pfd) == 0);
     fflush(NULL);
@@ -545,7 +560,6 @@ TEST(kill9_during_writes)
     if (fresh < 100) printf("    %d of 100 fresh keys already evicted\n", 100 - fresh);
     CHECK(fresh >= 50); /* a full cache may evict some of them: all have counter 5 */
     qn_cache_close(&c);
-    free(dir);
 }
 
 static void write_file(const char *dir, const char *name, const void *p, size_t n)
@@ -564,7 +578,7 @@ TEST(corrupt_file_moved_aside)
     qn_cache_opts o = test_opts();
     qn_cache *c = NULL;
     /* garbage */
-    char *dir = qn_test_tmpdir("cache_garbage");
+    char *dir = tmpdir("cache_garbage");
     unsigned char junk[65536];
     for (size_t i = 0; i < sizeof junk; i++) junk[i] = (unsigned char)(i * 7 + 3);
     write_file(dir, "data.mdb", junk, sizeof junk);
@@ -573,10 +587,9 @@ TEST(corrupt_file_moved_aside)
     CHECK_EQ_INT(put_range(c, 0, 10, 10), 0);
     CHECK(present(c, 7));
     qn_cache_close(&c);
-    free(dir);
 
     /* truncated: a real cache cut in half */
-    dir = qn_test_tmpdir("cache_trunc");
+    dir = tmpdir("cache_trunc");
     CHECK_EQ_INT(qn_cache_open(dir, 4, &o, &c), 0);
     CHECK_EQ_INT(put_range(c, 0, 5000, 500), 0);
     qn_cache_close(&c);
@@ -591,10 +604,9 @@ TEST(corrupt_file_moved_aside)
     CHECK_EQ_INT(put_range(c, 0, 10, 10), 0);
     CHECK(present(c, 3));
     qn_cache_close(&c);
-    free(dir);
 
     /* an LMDB file that is somebody else's (no format record) */
-    dir = qn_test_tmpdir("cache_foreign");
+    dir = tmpdir("cache_foreign");
     MDB_env *env;
     MDB_txn *txn;
     MDB_dbi dbi;
@@ -610,7 +622,6 @@ TEST(corrupt_file_moved_aside)
     CHECK_EQ_INT(qn_cache_open(dir, 4, &o, &c), 0);
     CHECK_EQ_INT(count_prefixed(dir, "data.mdb.corrupt-"), 1);
     qn_cache_close(&c);
-    free(dir);
     qn_log_set_level(QN_LOG_INFO);
 }
 
@@ -620,7 +631,7 @@ TEST(unwritable_dir)
     qn_log_set_level(QN_LOG_ERROR);
     CHECK_EQ_INT(qn_cache_open("/nonexistent-quern/a/b", 4, NULL, &c), QN_EIO);
     CHECK(c == NULL);
-    char *dir = qn_test_tmpdir("cache_ro");
+    char *dir = tmpdir("cache_ro");
     chmod(dir, 0555);
     /* root writes anywhere: try as nobody in a child */
     fflush(NULL);
@@ -636,14 +647,13 @@ TEST(unwritable_dir)
     CHECK(WIFEXITED(s) && WEXITSTATUS(s) == 0);
     chmod(dir, 0755);
     qn_log_set_level(QN_LOG_INFO);
-    free(dir);
 }
 
 /* Disk full, simulated with RLIMIT_FSIZE in a child: writes stop with
  * QN_EFULL, reads go on, nothing crashes. */
 TEST(disk_full)
 {
-    char *dir = qn_test_tmpdir("cache_full");
+    char *dir = tmpdir("cache_full");
     fflush(NULL);
     pid_t p = fork();
     if (p == 0) {
@@ -682,12 +692,11 @@ TEST(disk_full)
     waitpid(p, &s, 0);
     CHECK(WIFEXITED(s));
     CHECK_EQ_INT(WEXITSTATUS(s), 0);
-    free(dir);
 }
 
 TEST(tick_thread_persists)
 {
-    char *dir = qn_test_tmpdir("cache_tick");
+    char *dir = tmpdir("cache_tick");
     qn_cache_opts o;
     qn_cache_opts_default(&o);
     o.tick_ms = 5;
@@ -705,7 +714,6 @@ TEST(tick_thread_persists)
     }
     CHECK(seen);
     qn_cache_close(&c);
-    free(dir);
 }
 
 typedef struct { qn_cache *c; uint64_t base; int bad; } thr_arg;
@@ -728,7 +736,7 @@ static void *hammer(void *p)
 
 TEST(threads)
 {
-    char *dir = qn_test_tmpdir("cache_thr");
+    char *dir = tmpdir("cache_thr");
     qn_cache_opts o;
     qn_cache_opts_default(&o);
     o.tick_ms = 2;
@@ -749,7 +757,6 @@ TEST(threads)
                                   (unsigned long long)st.write_failures);
     CHECK(st.file_bytes <= st.map_bytes);
     qn_cache_close(&c);
-    free(dir);
 }
 
 int main(void)
@@ -771,5 +778,6 @@ int main(void)
     RUN(disk_full);
     RUN(tick_thread_persists);
     RUN(threads);
+    if (!qn_t_fail) rm_dirs();
     return qn_test_done();
 }
