@@ -42,6 +42,13 @@ void qn_core_opts_default(qn_core_opts *o)
     o->direct_max_flops = QN_CORE_DEFAULT_DIRECT_MAX_FLOPS;
 }
 
+/* Remembers an ok, computed result for later identical jobs. */
+static void cache_put(qn_core *c, qn_job *job, const qn_result *res)
+{
+    if (c->o.cache && job->cache_key_valid && res->status == QN_STATUS_OK && !res->cached)
+        qn_cache_put(c->o.cache, job->cache_key, res->rows, res->cols, res->outputs);
+}
+
 /* The one place a job ends: answer, drop the model reference, free. */
 static void job_end(qn_job *job, const qn_result *res)
 {
@@ -62,8 +69,15 @@ void qn_core_reply_error(qn_job *job, qn_status status, qn_code code, const char
 static void core_finish(void *ud, qn_job *job, const qn_result *res)
 {
     qn_core *c = ud;
+    cache_put(c, job, res);
     job_end(job, res);
     atomic_fetch_sub(&c->inflight, 1);
+}
+
+static void core_batch_done(void *ud)
+{
+    qn_core *c = ud;
+    if (c->o.cache) qn_cache_flush(c->o.cache); /* one write transaction per batch */
 }
 
 int qn_core_create(const qn_core_opts *opts, qn_registry *reg, qn_backend *be, qn_core **out)
@@ -79,7 +93,7 @@ int qn_core_create(const qn_core_opts *opts, qn_registry *reg, qn_backend *be, q
     c->direct = opts->direct_max_flops > 0 && opts->batch.max_delay_us == 0;
     int rc = qn_batcher_create(&opts->batch, &c->batcher);
     if (rc) goto fail;
-    qn_executor_hooks h = {.ud = c, .finish = core_finish};
+    qn_executor_hooks h = {.ud = c, .finish = core_finish, .batch_done = core_batch_done};
     rc = qn_executor_start(c->batcher, be, opts->threads, &h, &c->exec);
     if (rc) goto fail;
     *out = c;
@@ -114,6 +128,28 @@ static int64_t flops_per_row(const qn_model *m)
     int64_t f = 0;
     for (int i = 0; i < m->nlayers; i++) f += 2 * m->layers[i].in * m->layers[i].out;
     return f;
+}
+
+/* Answers job from the cache if it is there (returns 1). Keys on the
+ * version that serves the job, so another version never sees its entries. */
+static int cache_lookup(qn_core *c, qn_job *job, qn_model *m)
+{
+    if (qn_cache_key(m->name, m->version, job->rows, job->cols, job->inputs, job->cache_key) != 0)
+        return 0;
+    job->cache_key_valid = true;
+    int64_t n = job->rows * m->out_dim;
+    float stackbuf[1024];
+    float *out = n <= 1024 ? stackbuf : malloc((size_t)n * sizeof(float));
+    if (!out) return 0;
+    int hit = qn_cache_get_into(c->o.cache, job->cache_key, job->rows, m->out_dim, out) == 0;
+    if (hit) {
+        qn_result res = {.type = QN_RESULT_FINAL, .status = QN_STATUS_OK, .id = &job->id,
+                         .model = m->name, .version = m->version, .rows = job->rows,
+                         .cols = m->out_dim, .outputs = out, .cached = true};
+        job_end(job, &res);
+    }
+    if (out != stackbuf) free(out);
+    return hit;
 }
 
 static void admit(qn_core *c, qn_core_local *l, qn_job *job)
@@ -153,6 +189,7 @@ static void admit(qn_core *c, qn_core_local *l, qn_job *job)
         qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_SHAPE_MISMATCH, msg);
         return;
     }
+    if (c->o.cache && job->cache && cache_lookup(c, job, m)) return;
     if (l && c->direct && job->rows <= c->o.batch.queue_limit_rows &&
         flops_per_row(m) <= c->o.direct_max_flops) {
         /* Never queued, so never counted against the limit; a job larger
@@ -234,7 +271,7 @@ void qn_core_submit_bytes_local(qn_core *c, qn_core_local *l, const void *buf, s
 
 static void local_finish(void *ud, qn_job *job, const qn_result *res)
 {
-    (void)ud;
+    cache_put(ud, job, res);
     job_end(job, res);
 }
 
@@ -242,6 +279,9 @@ void qn_core_local_flush(qn_core *c, qn_core_local *l)
 {
     if (l->staged.njobs == 0) return;
     qn_executor_hooks h = {.ud = c, .finish = local_finish};
+    /* Cache inserts made here are written by the cache's tick thread, not
+     * here: an LMDB write transaction (which may wait for another process's
+     * writer) has no place on a transport's IO thread. */
     qn_batch_run(c->be, l->ctx, &l->staged, &l->scratch, &h);
     l->staged.njobs = 0;
     l->staged.rows = 0;

@@ -11,6 +11,7 @@
 
 #include "backend.h"
 #include "batcher.h"
+#include "cache.h"
 #include "job.h"
 #include "registry.h"
 
@@ -24,6 +25,11 @@ typedef struct qn_core_opts {
      * handed to an executor thread: two thread handoffs cost more than such
      * a model's whole forward pass. 0 disables. */
     int64_t direct_max_flops;
+    /* Result cache (borrowed, may be NULL): hits are answered at admission,
+     * before the batcher; ok results of jobs with cache != false are put
+     * after compute and written once per executor batch (and by the cache's
+     * own tick). Errors are never cached. */
+    qn_cache *cache;
 } qn_core_opts;
 
 #define QN_CORE_DEFAULT_DIRECT_MAX_FLOPS 131072

@@ -14,6 +14,7 @@
 #include <zmq.h>
 
 #include "backend.h"
+#include "cache.h"
 #include "core.h"
 #include "error.h"
 #include "log.h"
@@ -79,7 +80,7 @@ static void usage(FILE *f)
         "  --direct-max-flops N     run models up to N FLOPs/row on the IO thread (default %d; 0: off)\n"
         "cache:\n"
         "  --cache-dir DIR          LMDB result cache directory\n"
-        "  --cache-size MB          cache size (0: no cache)\n"
+        "  --cache-size MB          cache size, a hard bound on its file (default 1024; 0: no cache)\n"
         "other:\n"
         "  --poll-ms N              model repository rescan interval (default 500)\n"
         "  --drain-timeout-ms N     longest shutdown waits for in-flight jobs (default 30000)\n"
@@ -250,10 +251,6 @@ static int refuse_unbuilt(const worker_opts *o)
         fprintf(stderr, "quern-worker: the MDP broker transport is not built yet (--broker)\n");
         return 2;
     }
-    if (o->cache_dir && o->cache_size_mb > 0) {
-        fprintf(stderr, "quern-worker: the result cache is not built yet (--cache-dir)\n");
-        return 2;
-    }
     if (strcmp(o->device, "cuda") == 0) {
         fprintf(stderr, "quern-worker: the CUDA backend is not built yet (--device cuda)\n");
         return 2;
@@ -304,6 +301,7 @@ int main(int argc, char **argv)
     qn_backend *be = NULL;
     qn_registry *reg = NULL;
     qn_core *core = NULL;
+    qn_cache *cache = NULL;
     void *zctx = NULL;
     qn_transport ts[MAX_TRANSPORTS];
     int nt = 0;
@@ -327,6 +325,16 @@ int main(int argc, char **argv)
     if ((rc = qn_registry_watch(reg, o.poll_ms))) {
         QN_LOGE("worker", "cannot watch the model repository: %s", qn_strerror(rc));
         goto out;
+    }
+    if (o.cache_dir && o.cache_size_mb > 0) {
+        qn_cache_opts co;
+        qn_cache_opts_default(&co);
+        if ((rc = qn_cache_open(o.cache_dir, (uint64_t)o.cache_size_mb, &co, &cache))) {
+            QN_LOGE("worker", "cannot open the result cache in %s: %s", o.cache_dir, qn_strerror(rc));
+            goto out;
+        }
+        o.core.cache = cache;
+        QN_LOGI("worker", "result cache: %s, %ld MiB", o.cache_dir, o.cache_size_mb);
     }
     if ((rc = qn_core_create(&o.core, reg, be, &core))) {
         QN_LOGE("worker", "cannot start the executor: %s", qn_strerror(rc));
@@ -360,6 +368,7 @@ out:
     if (core) qn_core_stop(core);
     for (int i = nt - 1; i >= 0; i--) ts[i].iface->destroy(ts[i].self);
     qn_core_destroy(&core);
+    qn_cache_close(&cache);
     if (zctx) zmq_ctx_term(zctx);
     qn_registry_close(&reg);
     qn_backend_destroy(&be);
