@@ -40,6 +40,7 @@ void qn_core_opts_default(qn_core_opts *o)
     o->threads = 1;
     o->limits.max_message_bytes = QN_DEFAULT_MAX_MESSAGE;
     o->direct_max_flops = QN_CORE_DEFAULT_DIRECT_MAX_FLOPS;
+    o->direct_idle_rows = QN_CORE_DEFAULT_DIRECT_IDLE_ROWS;
 }
 
 /* Remembers an ok, computed result for later identical jobs. */
@@ -123,6 +124,26 @@ void qn_core_destroy(qn_core **pc)
 
 static void stage(qn_core *c, qn_core_local *l, qn_job *job);
 
+/* Hands an admitted job to the batcher, or answers why not. */
+static void enqueue(qn_core *c, qn_job *job)
+{
+    char msg[256];
+    atomic_fetch_add(&c->inflight, 1);
+    int rc = qn_batcher_push(c->batcher, job);
+    if (rc == 0) return;
+    atomic_fetch_sub(&c->inflight, 1);
+    if (rc == QN_EFULL) {
+        snprintf(msg, sizeof msg, "queue full: %lld rows queued, limit %lld",
+                 (long long)qn_batcher_queued_rows(c->batcher),
+                 (long long)qn_batcher_queue_limit(c->batcher));
+        qn_core_reply_error(job, QN_STATUS_REJECTED, QN_CODE_OVERLOADED, msg);
+    } else if (rc == QN_ECLOSED) {
+        qn_core_reply_error(job, QN_STATUS_REJECTED, QN_CODE_OVERLOADED, "worker is shutting down");
+    } else {
+        qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_INTERNAL, qn_strerror(rc));
+    }
+}
+
 static int64_t flops_per_row(const qn_model *m)
 {
     int64_t f = 0;
@@ -190,28 +211,14 @@ static void admit(qn_core *c, qn_core_local *l, qn_job *job)
         return;
     }
     if (c->o.cache && job->cache && cache_lookup(c, job, m)) return;
-    if (l && c->direct && job->rows <= c->o.batch.queue_limit_rows &&
-        flops_per_row(m) <= c->o.direct_max_flops) {
-        /* Never queued, so never counted against the limit; a job larger
-         * than the whole limit falls through to the batcher, which refuses
-         * it exactly as it would on the queued path. */
+    if (l && c->direct && job->rows <= c->o.batch.queue_limit_rows) {
+        /* Staged for the end of the receive burst, where qn_core_local_flush
+         * decides between this thread and the executors. A job larger than
+         * the whole queue limit goes to the batcher, which refuses it. */
         stage(c, l, job);
         return;
     }
-    atomic_fetch_add(&c->inflight, 1);
-    rc = qn_batcher_push(c->batcher, job);
-    if (rc == 0) return;
-    atomic_fetch_sub(&c->inflight, 1);
-    if (rc == QN_EFULL) {
-        snprintf(msg, sizeof msg, "queue full: %lld rows queued, limit %lld",
-                 (long long)qn_batcher_queued_rows(c->batcher),
-                 (long long)qn_batcher_queue_limit(c->batcher));
-        qn_core_reply_error(job, QN_STATUS_REJECTED, QN_CODE_OVERLOADED, msg);
-    } else if (rc == QN_ECLOSED) {
-        qn_core_reply_error(job, QN_STATUS_REJECTED, QN_CODE_OVERLOADED, "worker is shutting down");
-    } else {
-        qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_INTERNAL, qn_strerror(rc));
-    }
+    enqueue(c, job);
 }
 
 static void submit(qn_core *c, qn_core_local *l, qn_job *job)
@@ -277,7 +284,22 @@ static void local_finish(void *ud, qn_job *job, const qn_result *res)
 
 void qn_core_local_flush(qn_core *c, qn_core_local *l)
 {
-    if (l->staged.njobs == 0) return;
+    qn_batch *b = &l->staged;
+    if (b->njobs == 0) return;
+    /* Run here when the model is cheaper than two thread handoffs, or when
+     * the worker is idle and this is a lone small job (low load: latency is
+     * all that matters and the executors have nothing to overlap with).
+     * Otherwise the executors take it, and this thread goes back to IO. */
+    int here = flops_per_row(b->model) <= c->o.direct_max_flops ||
+               (b->rows <= c->o.direct_idle_rows && qn_executor_busy(c->exec) == 0 &&
+                qn_batcher_queued_rows(c->batcher) == 0);
+    if (!here) {
+        for (int i = 0; i < b->njobs; i++) enqueue(c, b->jobs[i]);
+        b->njobs = 0;
+        b->rows = 0;
+        b->model = NULL;
+        return;
+    }
     qn_executor_hooks h = {.ud = c, .finish = local_finish};
     /* Cache inserts made here are written by the cache's tick thread, not
      * here: an LMDB write transaction (which may wait for another process's

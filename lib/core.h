@@ -25,6 +25,10 @@ typedef struct qn_core_opts {
      * handed to an executor thread: two thread handoffs cost more than such
      * a model's whole forward pass. 0 disables. */
     int64_t direct_max_flops;
+    /* ... and jobs of any model, when a receive burst brought at most this
+     * many rows, no executor is busy and nothing is queued (a lone job on an
+     * idle worker: it runs at once, with no handoff). 0 disables. */
+    int64_t direct_idle_rows;
     /* Result cache (borrowed, may be NULL): hits are answered at admission,
      * before the batcher; ok results of jobs with cache != false are put
      * after compute and written once per executor batch (and by the cache's
@@ -33,6 +37,7 @@ typedef struct qn_core_opts {
 } qn_core_opts;
 
 #define QN_CORE_DEFAULT_DIRECT_MAX_FLOPS 131072
+#define QN_CORE_DEFAULT_DIRECT_IDLE_ROWS 1
 
 /* Fills defaults: max batch 64, greedy batching, queue limit 65536 rows,
  * 1 executor thread, 64 MiB messages. */

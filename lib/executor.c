@@ -27,6 +27,7 @@ struct qn_executor {
     int n;
     worker *w;
     atomic_uint_fast64_t batches, rows;
+    atomic_int busy;
 };
 
 static int grow(float **buf, size_t *cap, size_t need)
@@ -116,12 +117,14 @@ static void *thread_main(void *arg)
     qn_batch batch = {0};
     qn_batch_scratch s = {0};
     while (qn_batcher_pop(ex->b, &batch) == 0) {
+        atomic_fetch_add(&ex->busy, 1);
         int64_t rows = batch.rows;
         if (qn_batch_run(ex->be, w->ctx, &batch, &s, &ex->h) == 0 && batch.njobs > 0) {
             atomic_fetch_add(&ex->batches, 1);
             atomic_fetch_add(&ex->rows, (uint_fast64_t)rows);
         }
         if (ex->h.batch_done) ex->h.batch_done(ex->h.ud);
+        atomic_fetch_sub(&ex->busy, 1);
     }
     qn_batch_free(&batch);
     qn_batch_scratch_free(&s);
@@ -183,3 +186,5 @@ void qn_executor_stats(qn_executor *e, uint64_t *batches, uint64_t *rows)
     if (batches) *batches = atomic_load(&e->batches);
     if (rows) *rows = atomic_load(&e->rows);
 }
+
+int qn_executor_busy(qn_executor *e) { return e ? atomic_load(&e->busy) : 0; }

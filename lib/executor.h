@@ -49,6 +49,9 @@ int qn_executor_start(qn_batcher *b, qn_backend *be, int threads, const qn_execu
  * drained: close it first), frees, sets *e NULL. NULL-safe. */
 void qn_executor_join(qn_executor **e);
 
+/* Threads running a batch right now (a hint: it may change at once). */
+int qn_executor_busy(qn_executor *e);
+
 /* Batches and rows run so far (for logs and tests). */
 void qn_executor_stats(qn_executor *e, uint64_t *batches, uint64_t *rows);
 

@@ -73,11 +73,12 @@ static void usage(FILE *f)
         "  --max-batch N            most rows in one batch (default %d)\n"
         "  --max-delay-us N         longest a job waits for a batch to fill (default %d: greedy)\n"
         "  --queue-limit N          most queued rows; past it jobs are rejected (default %d)\n"
-        "  --threads N              executor threads (default 1)\n"
-        "  --blas-threads N         OpenBLAS threads inside one forward (default: cores / threads)\n"
+        "  --threads N              executor threads (default: one per core)\n"
+        "  --blas-threads N         OpenBLAS threads inside one forward (default 1)\n"
         "  --device cpu|cuda|auto   compute device (default auto)\n"
         "  --max-message-bytes N    larger jobs get too_large (default %u)\n"
         "  --direct-max-flops N     run models up to N FLOPs/row on the IO thread (default %d; 0: off)\n"
+        "  --direct-idle-rows N     ... and a lone job of up to N rows when the worker is idle (default %d)\n"
         "cache:\n"
         "  --cache-dir DIR          LMDB result cache directory\n"
         "  --cache-size MB          cache size, a hard bound on its file (default 1024; 0: no cache)\n"
@@ -86,7 +87,8 @@ static void usage(FILE *f)
         "  --drain-timeout-ms N     longest shutdown waits for in-flight jobs (default 30000)\n"
         "  -h, --help               this text\n",
         QN_BATCHER_DEFAULT_MAX_BATCH, QN_BATCHER_DEFAULT_MAX_DELAY_US,
-        QN_BATCHER_DEFAULT_QUEUE_LIMIT, QN_DEFAULT_MAX_MESSAGE, QN_CORE_DEFAULT_DIRECT_MAX_FLOPS);
+        QN_BATCHER_DEFAULT_QUEUE_LIMIT, QN_DEFAULT_MAX_MESSAGE, QN_CORE_DEFAULT_DIRECT_MAX_FLOPS,
+        QN_CORE_DEFAULT_DIRECT_IDLE_ROWS);
 }
 
 static int parse_long(const char *flag, const char *s, long lo, long hi, long *out)
@@ -104,7 +106,7 @@ static int parse_long(const char *flag, const char *s, long lo, long hi, long *o
 enum {
     OPT_REPO = 256, OPT_ZMQ, OPT_KBROKERS, OPT_KTOPIC, OPT_KGROUP, OPT_REPLY, OPT_DLQ,
     OPT_MAXBATCH, OPT_MAXDELAY, OPT_QLIMIT, OPT_CACHEDIR, OPT_CACHESIZE, OPT_THREADS,
-    OPT_DEVICE, OPT_BROKER, OPT_MAXMSG, OPT_POLL, OPT_DRAIN, OPT_DIRECT, OPT_BLAS,
+    OPT_DEVICE, OPT_BROKER, OPT_MAXMSG, OPT_POLL, OPT_DRAIN, OPT_DIRECT, OPT_BLAS, OPT_IDLE,
 };
 
 /* Returns 0, or 2 for a usage error (message printed). */
@@ -131,6 +133,7 @@ static int parse_args(int argc, char **argv, worker_opts *o)
         {"drain-timeout-ms", required_argument, 0, OPT_DRAIN},
         {"direct-max-flops", required_argument, 0, OPT_DIRECT},
         {"blas-threads", required_argument, 0, OPT_BLAS},
+        {"direct-idle-rows", required_argument, 0, OPT_IDLE},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -143,7 +146,8 @@ static int parse_args(int argc, char **argv, worker_opts *o)
     o->device = "auto";
     o->poll_ms = 500;
     o->drain_timeout_ms = 30000;
-    o->blas_threads = 0; /* auto: the cores left per executor thread */
+    o->blas_threads = 1;
+    o->core.threads = 0; /* auto: one per core */
     o->cache_size_mb = 1024;
     long v;
     int c;
@@ -209,6 +213,10 @@ static int parse_args(int argc, char **argv, worker_opts *o)
         case OPT_DIRECT:
             if (parse_long("--direct-max-flops", optarg, 0, 1L << 40, &v)) return 2;
             o->core.direct_max_flops = v;
+            break;
+        case OPT_IDLE:
+            if (parse_long("--direct-idle-rows", optarg, 0, 1L << 20, &v)) return 2;
+            o->core.direct_idle_rows = v;
             break;
         case OPT_BLAS:
             if (parse_long("--blas-threads", optarg, 1, 256, &v)) return 2;
@@ -306,13 +314,12 @@ int main(int argc, char **argv)
     qn_transport ts[MAX_TRANSPORTS];
     int nt = 0;
 
-    if (o.blas_threads == 0) {
-        /* Measured (bench/README.md): on 2 cores one executor with 2 BLAS
-         * threads beats two executors with 1 each, for batch-1 latency and
-         * for batched throughput on compute-bound models. */
+    if (o.core.threads == 0) {
+        /* One executor per core, each with one BLAS thread: OpenBLAS's own
+         * threads spin while waiting and fight the IO thread for cores
+         * (bench/README.md has the measurements behind this). */
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        o.blas_threads = (int)(cores / o.core.threads);
-        if (o.blas_threads < 1) o.blas_threads = 1;
+        o.core.threads = cores > 0 ? (int)cores : 1;
     }
     if ((rc = qn_backend_cpu_create(o.blas_threads, &be))) {
         QN_LOGE("worker", "cannot create the CPU backend: %s", qn_strerror(rc));
