@@ -86,8 +86,8 @@ def main():
     servers["quern"] = (start([os.path.join(a.build, "quern-worker"), "--model-repo", repo, "--zmq-bind", ep]
                               + shlex.split(a.quern_args), "worker: ready"), ep)
     ep = "tcp://127.0.0.1:%d" % next(ports)
-    servers["quern-mb1"] = (start([os.path.join(a.build, "quern-worker"), "--model-repo", repo, "--zmq-bind", ep,
-                                   "--max-batch", "1"] + shlex.split(a.quern_args), "worker: ready"), ep)
+    servers["quern-mb1"] = (start([os.path.join(a.build, "quern-worker"), "--model-repo", repo, "--zmq-bind", ep]
+                                  + shlex.split(a.quern_args) + ["--max-batch", "1"], "worker: ready"), ep)
     if not a.skip_baseline:
         for name in MODELS:
             ep = "tcp://127.0.0.1:%d" % next(ports)
