@@ -8,23 +8,49 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define QN_CSR_FN qn_csr_spmm_portable
-#include "cpu/csr_impl.h"
-
 #include "cpu/epilogue.h"
+#include "cpu/kernels_impl.h"
 #include "error.h"
 #include "log.h"
 
 /* Batch-size ranges [lo, next lo) and, for each, the density below which the
- * sparse kernel beat dense sgemm at the representative batch (the one in the
- * comment), on the avx512vnni path of the development machine, 1024x1024 and
- * 4096x1024 layers (bench/notes/kernels.md has the runs). */
+ * sparse kernel beat the dense f32 path (sgemv at 1 row, sgemm otherwise) at
+ * the representative batches in the comment: avx512vnni path, 1024x1024
+ * layer, single thread (bench/notes/kernels.md has the runs). Not monotone:
+ * OpenBLAS's sgemm is slow for a handful of rows (it packs all of W per
+ * call), so the sparse kernel wins up to high densities there. */
 static const struct { int64_t lo; double crit; } g_ranges[QN_CSR_NRANGES] = {
-    {1, 0.30},   /* batch 1 */
-    {2, 0.15},   /* batch 8 */
-    {32, 0.08},  /* batch 64 */
-    {128, 0.08}, /* batch 256 */
+    {1, 0.10},   /* batch 1: sgemv streams W; the gather-dot wins only when very sparse */
+    {2, 0.70},   /* batches 2, 8, 16 */
+    {32, 0.50},  /* batch 64 */
+    {128, 0.30}, /* batch 256 */
 };
+
+/* Portable SpMM: one row at a time, 4 partial sums per output row. Plain C
+ * for CPUs without AVX2; the SIMD files restructure the same sums. */
+void qn_csr_spmm_portable(const qn_csr_args *a)
+{
+    for (int64_t r = 0; r < a->rows; r++) {
+        const float *x = a->x + r * a->in;
+        float *y = a->y + r * a->out;
+        for (int64_t o = 0; o < a->out; o++) {
+            const int64_t p1 = a->indptr[o + 1];
+            int64_t p = a->indptr[o];
+            float acc[4] = {0};
+            if (a->vi) {
+                for (; p + 4 <= p1; p += 4)
+                    for (int j = 0; j < 4; j++) acc[j] += (float)a->vi[p + j] * x[a->indices[p + j]];
+                for (; p < p1; p++) acc[0] += (float)a->vi[p] * x[a->indices[p]];
+            } else {
+                for (; p + 4 <= p1; p += 4)
+                    for (int j = 0; j < 4; j++) acc[j] += a->vf[p + j] * x[a->indices[p + j]];
+                for (; p < p1; p++) acc[0] += a->vf[p] * x[a->indices[p]];
+            }
+            const float v = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+            y[o] = a->vi ? v * a->scale[o] : v;
+        }
+    }
+}
 
 int qn_csr_range(int64_t rows)
 {
@@ -93,10 +119,9 @@ int qn_csr_forward(const qn_layer *l, const qn_kpack *k, const float *x, int64_t
         .rows = rows, .in = l->in, .out = l->out, .indptr = l->csr_indptr, .indices = l->csr_indices,
         .vf = l->rep == QN_REP_CSR_F32 ? l->csr_f32 : NULL, .vi = l->rep == QN_REP_CSR_I8 ? l->csr_i8 : NULL,
         .scale = l->w_scale, .x = x, .y = y,
-        .xt = rows >= QN_CSR_ROWWISE_BELOW ? qn_scratch_get(s, QN_SCR_F, (size_t)(l->in * QN_CSR_RB) * sizeof(float))
-                                           : NULL,
+        .xt = qn_scratch_get(s, QN_SCR_F, (size_t)(l->in * QN_CSR_RB_MAX) * sizeof(float)),
     };
-    if (rows >= QN_CSR_ROWWISE_BELOW && !a.xt) return QN_ENOMEM;
+    if (!a.xt) return QN_ENOMEM;
     switch (k->path) {
     case QN_KPATH_AVX512VNNI: qn_csr_spmm_avx512(&a); break;
     case QN_KPATH_AVXVNNI:

@@ -9,7 +9,7 @@
  * paths' bit for bit. One 64-byte panel block (16 outputs x 4 k) becomes four
  * ymm of 4 outputs x 4 k; vpmaddwd leaves two partial sums per output, which
  * the epilogue folds with one vphaddd per 8 outputs. Blocking: MR = 2 rows x
- * one panel (8 accumulators + 4 weights + 1 broadcast of 16 registers). */
+ * one panel (8 accumulators, 2 broadcasts, 1 weight). */
 #include <immintrin.h>
 #include <string.h>
 
@@ -29,17 +29,20 @@ static inline __attribute__((always_inline)) void kern(const qn_i8_args *a, int6
         for (int i = 0; i < 4; i++) acc[r][i] = _mm256_setzero_si256();
 
     for (int64_t g = 0; g < ngrp; g++) {
-        __m256i w[4];
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; i++)
-            w[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(wp + g * 64 + i * 16)));
+        __m256i b[MR_MAX];
 #pragma GCC unroll 4
         for (int r = 0; r < MR; r++) {
             int64_t x4;
             memcpy(&x4, x16 + r * a->ldq + g * 4, 8);
-            const __m256i b = _mm256_set1_epi64x(x4);
+            b[r] = _mm256_set1_epi64x(x4);
+        }
+        /* one widened weight vector live at a time keeps 8 accumulators, 2
+         * broadcasts, 1 weight and 1 product in 12 of the 16 registers */
 #pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) acc[r][i] = _mm256_add_epi32(acc[r][i], _mm256_madd_epi16(b, w[i]));
+        for (int i = 0; i < 4; i++) {
+            const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(wp + g * 64 + i * 16)));
+#pragma GCC unroll 4
+            for (int r = 0; r < MR; r++) acc[r][i] = _mm256_add_epi32(acc[r][i], _mm256_madd_epi16(b[r], w));
         }
     }
 

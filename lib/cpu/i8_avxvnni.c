@@ -11,6 +11,15 @@
 
 #define MR_MAX 6
 
+/* vpdpbusd through inline asm, as in i8_avx512vnni.c: gcc 12 copies and
+ * spills the accumulators around the intrinsic. {vex} pins the AVX-VNNI
+ * encoding (braces escaped: gcc reads {a|b} in asm as dialect choices). */
+static inline __attribute__((always_inline)) __m256i dpbusd(__m256i acc, __m256i u8, __m256i s8)
+{
+    __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u8), "x"(s8));
+    return acc;
+}
+
 static inline __attribute__((always_inline)) void kern(const qn_i8_args *a, int64_t r0, int64_t p,
                                                       const int MR)
 {
@@ -29,8 +38,8 @@ static inline __attribute__((always_inline)) void kern(const qn_i8_args *a, int6
             int32_t x4;
             memcpy(&x4, xq + r * a->ldq + g * 4, 4);
             const __m256i b = _mm256_set1_epi32(x4);
-            acc[r][0] = _mm256_dpbusd_avx_epi32(acc[r][0], b, w0);
-            acc[r][1] = _mm256_dpbusd_avx_epi32(acc[r][1], b, w1);
+            acc[r][0] = dpbusd(acc[r][0], b, w0);
+            acc[r][1] = dpbusd(acc[r][1], b, w1);
         }
     }
 

@@ -71,12 +71,16 @@ typedef struct {
     const int8_t *vi;           /* ... int8 values with ... */
     const float *scale;         /* ... per-output scales */
     const float *x;             /* [rows, in] */
-    float *xt;                  /* scratch: [in, QN_CSR_RB] transposed row block */
+    float *xt;                  /* scratch: [in, QN_CSR_RB_MAX] transposed row block */
     float *y;                   /* [rows, out]: y = x·Wᵀ (no bias) */
 } qn_csr_args;
 
-#define QN_CSR_RB 16            /* rows per transposed block */
-#define QN_CSR_ROWWISE_BELOW 4  /* fewer rows than this: one gather-dot per row */
+/* Batched CSR transposes a block of rows to xt [in][RB] so that each nonzero
+ * is one broadcast value times contiguous RB-row vectors; RB is 64 for full
+ * blocks and 16 for the rest. Below QN_CSR_ROWWISE_BELOW rows each row is a
+ * gather-dot instead (no transpose, no idle lanes). */
+#define QN_CSR_RB_MAX 64
+#define QN_CSR_ROWWISE_BELOW 2
 
 void qn_csr_spmm_portable(const qn_csr_args *a);
 void qn_csr_spmm_avx2(const qn_csr_args *a);
