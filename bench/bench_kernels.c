@@ -6,8 +6,9 @@
  * forward per executor thread.
  *
  * Every number is the median over --samples samples of a timed loop long
- * enough (>= --sample-ms) to swamp the clock; the machine is shared, so read
- * ratios within one run, not absolute numbers across runs.
+ * enough (>= --sample-ms) to swamp the clock; the kernels compared on one
+ * shape are sampled in turn (interleaved). The machine is shared, so read
+ * ratios within one group, not absolute numbers across runs.
  *
  * Usage: bench_kernels [--quick] [--only dense|csr] [--samples N] [--sample-ms MS]
  *                      [--csr-batches 1,8,64,256]
@@ -40,23 +41,49 @@ static int cmp_d(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* Median ns per call. */
-static double time_ns(bench_fn fn, void *ctx)
+/* A group of kernels compared on one shape: their samples are interleaved
+ * (one sample of each in turn), so a burst of load from other processes hits
+ * all of them alike and the ratios survive it. */
+#define GROUP_MAX 16
+typedef struct {
+    int n;
+    const char *name[GROUP_MAX];
+    bench_fn fn[GROUP_MAX];
+    void *ctx[GROUP_MAX];
+    double ns[GROUP_MAX]; /* median ns per call, after group_run */
+} group;
+
+static void group_add(group *g, const char *name, bench_fn fn, void *ctx)
 {
-    fn(ctx); /* warm caches and scratch */
-    uint64_t t0 = qn_now_ns();
-    fn(ctx);
-    double one = (double)(qn_now_ns() - t0);
-    long iters = (long)(g_sample_ms * 1e6 / (one > 1 ? one : 1)) + 1;
-    double s[64];
-    int n = g_samples < 64 ? g_samples : 64;
-    for (int i = 0; i < n; i++) {
-        uint64_t a = qn_now_ns();
-        for (long k = 0; k < iters; k++) fn(ctx);
-        s[i] = (double)(qn_now_ns() - a) / (double)iters;
+    if (g->n == GROUP_MAX) abort();
+    g->name[g->n] = name;
+    g->fn[g->n] = fn;
+    g->ctx[g->n] = ctx;
+    g->n++;
+}
+
+static void group_run(group *g)
+{
+    long iters[GROUP_MAX];
+    static double smp[GROUP_MAX][64];
+    const int ns = g_samples < 64 ? g_samples : 64;
+    for (int i = 0; i < g->n; i++) {
+        g->fn[i](g->ctx[i]); /* warm caches and scratch */
+        uint64_t t0 = qn_now_ns();
+        g->fn[i](g->ctx[i]);
+        double one = (double)(qn_now_ns() - t0);
+        iters[i] = (long)(g_sample_ms * 1e6 / (one > 1 ? one : 1)) + 1;
     }
-    qsort(s, (size_t)n, sizeof s[0], cmp_d);
-    return s[n / 2];
+    for (int k = 0; k < ns; k++)
+        for (int i = 0; i < g->n; i++) {
+            uint64_t a = qn_now_ns();
+            for (long j = 0; j < iters[i]; j++) g->fn[i](g->ctx[i]);
+            smp[i][k] = (double)(qn_now_ns() - a) / (double)iters[i];
+        }
+    for (int i = 0; i < g->n; i++) {
+        qsort(smp[i], (size_t)ns, sizeof(double), cmp_d);
+        g->ns[i] = smp[i][ns / 2];
+    }
 }
 
 static uint64_t g_rng = 88172645463325252ull;
@@ -153,36 +180,36 @@ static void bench_dense(int quick)
                 colsum[o] += w8[o * in + k];
             }
         }
+        /* one prepared copy of each layer per path */
         qn_layer lf = {.rep = QN_REP_F32, .in = in, .out = out, .act = QN_ACT_RELU, .bias = bias, .w = w};
-        qn_layer li8 = {.rep = QN_REP_I8, .in = in, .out = out, .act = QN_ACT_RELU, .bias = bias, .w_i8 = w8, .w_scale = sc};
-        qn_layer lh = {.rep = QN_REP_F16, .in = in, .out = out, .act = QN_ACT_RELU, .bias = bias, .w_f16 = w16};
+        qn_layer li8[QN_KPATH_COUNT], lh[QN_KPATH_COUNT];
         if (qn_kernel_layer_prepare(&lf)) abort();
+        for (int p = 0; p < QN_KPATH_COUNT; p++) {
+            li8[p] = (qn_layer){.rep = QN_REP_I8, .in = in, .out = out, .act = QN_ACT_RELU, .bias = bias, .w_i8 = w8, .w_scale = sc};
+            lh[p] = (qn_layer){.rep = QN_REP_F16, .in = in, .out = out, .act = QN_ACT_RELU, .bias = bias, .w_f16 = w16};
+            if (qn_kernel_set_path((qn_kpath)p) != 0) continue;
+            if (qn_kernel_layer_prepare(&li8[p]) || qn_kernel_layer_prepare(&lh[p])) abort();
+        }
+        qn_kernel_set_path(best);
         for (int bi = 0; bi < 4; bi++) {
             const int64_t rows = batches[bi];
             if (quick && rows == 8) continue;
             float *x = qn_alloc_aligned((size_t)(rows * in) * sizeof(float), 0);
             float *y = qn_alloc_aligned((size_t)(rows * out) * sizeof(float), 0);
             for (int64_t i = 0; i < rows * in; i++) x[i] = rndf(0.0f, 1.0f);
-            fwd_ctx c = {&lf, x, rows, y, s};
-            const double t_sgemm = time_ns(run_fwd, &c);
-            report(rows == 1 ? "sgemv(openblas)" : "sgemm(openblas)", out, in, rows, t_sgemm, t_sgemm);
+            group g = {0};
+            fwd_ctx cf = {&lf, x, rows, y, s}, ci[QN_KPATH_COUNT], ch[QN_KPATH_COUNT];
+            static const char *const i8n[QN_KPATH_COUNT] = {"int8/portable", "int8/avx2", "int8/avxvnni", "int8/avx512vnni"};
+            static const char *const f16n[QN_KPATH_COUNT] = {"f16/portable", "f16/f16c", NULL, "f16/avx512"};
+            group_add(&g, rows == 1 ? "sgemv(openblas)" : "sgemm(openblas)", run_fwd, &cf);
             for (int p = QN_KPATH_COUNT - 1; p >= 0; p--) {
-                if (!qn_kernel_path_supported((qn_kpath)p)) continue;
+                if (!li8[p].kernel_data) continue;
                 if (p == QN_KPATH_PORTABLE && (quick || rows > 8)) continue; /* seconds per call */
-                qn_kernel_set_path((qn_kpath)p);
-                char name[64];
-                if (qn_kernel_layer_prepare(&li8)) abort();
-                c.l = &li8;
-                snprintf(name, sizeof name, "int8/%s", qn_kpath_name((qn_kpath)p));
-                report(name, out, in, rows, time_ns(run_fwd, &c), t_sgemm);
-                if (p == QN_KPATH_AVXVNNI) continue; /* same f16 kernel as avx2 */
-                if (qn_kernel_layer_prepare(&lh)) abort();
-                c.l = &lh;
-                snprintf(name, sizeof name, "f16/%s", p == QN_KPATH_AVX512VNNI ? "avx512" : p == QN_KPATH_AVX2 ? "f16c" : "portable");
-                report(name, out, in, rows, time_ns(run_fwd, &c), t_sgemm);
-                c.l = &lf;
+                ci[p] = (fwd_ctx){&li8[p], x, rows, y, s};
+                ch[p] = (fwd_ctx){&lh[p], x, rows, y, s};
+                group_add(&g, i8n[p], run_fwd, &ci[p]);
+                if (f16n[p]) group_add(&g, f16n[p], run_fwd, &ch[p]); /* avxvnni runs the f16c kernel */
             }
-            qn_kernel_set_path(best);
 #ifdef QN_HAVE_DNNL
             dnnl_ctx d = {.rows = rows, .in = in, .out = out, .x = x, .w = w8, .colsum = colsum, .ws = sc, .bias = bias, .y = y};
             d.xq = malloc((size_t)(rows * in));
@@ -190,17 +217,24 @@ static void bench_dense(int quick)
             d.zp = malloc((size_t)rows * sizeof(int32_t));
             d.c = malloc((size_t)(rows * out) * sizeof(int32_t));
             for (int64_t r = 0; r < rows; r++) qn_kernel_quantize_row(x + r * in, in, d.xq + r * in, &d.xs[r], &d.zp[r]);
-            report("onednn_u8s8s32(gemm)", out, in, rows, time_ns(run_dnnl, &d), t_sgemm);
-            d.full = 1;
-            report("onednn+quant+dequant", out, in, rows, time_ns(run_dnnl, &d), t_sgemm);
+            dnnl_ctx dfull = d;
+            dfull.full = 1;
+            group_add(&g, "onednn_u8s8s32(gemm)", run_dnnl, &d);
+            group_add(&g, "onednn+quant+dequant", run_dnnl, &dfull);
+#endif
+            group_run(&g);
+            for (int i = 0; i < g.n; i++) report(g.name[i], out, in, rows, g.ns[i], g.ns[0]);
+#ifdef QN_HAVE_DNNL
             free(d.xq); free(d.xs); free(d.zp); free(d.c);
 #endif
             free(x);
             free(y);
         }
         lf.kernel_free(lf.kernel_data);
-        if (li8.kernel_free) li8.kernel_free(li8.kernel_data);
-        if (lh.kernel_free) lh.kernel_free(lh.kernel_data);
+        for (int p = 0; p < QN_KPATH_COUNT; p++) {
+            if (li8[p].kernel_free) li8[p].kernel_free(li8[p].kernel_data);
+            if (lh[p].kernel_free) lh[p].kernel_free(lh[p].kernel_data);
+        }
         free(w); free(w8); free(w16); free(sc); free(bias); free(colsum);
     }
     qn_kernel_scratch_destroy(&s);
@@ -212,7 +246,7 @@ static void bench_csr(int quick)
     const int64_t out = 1024, in = 1024;
     const double dens[] = {0.01, 0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.9};
     const int nd = (int)(sizeof dens / sizeof dens[0]);
-    printf("# csr: kernel  density  layer  batch  us/call  speed vs dense sgemm (>1: sparse wins)\n");
+    printf("# csr: kernel  layer  batch  us/call  GFLOP/s (dense-equivalent)  speed vs the dense f32 path (sgemv at batch 1, else sgemm), measured interleaved per density (>1: sparse wins)\n");
     qn_kernel_scratch *s = NULL;
     if (qn_kernel_scratch_create(&s)) abort();
     float *wd = qn_alloc_aligned((size_t)(out * in) * sizeof(float), 0);
@@ -230,9 +264,7 @@ static void bench_csr(int quick)
         float *x = qn_alloc_aligned((size_t)(rows * in) * sizeof(float), 0);
         float *y = qn_alloc_aligned((size_t)(rows * out) * sizeof(float), 0);
         for (int64_t i = 0; i < rows * in; i++) x[i] = rndf(0.0f, 1.0f);
-        fwd_ctx c = {&lf, x, rows, y, s};
-        const double t_dense = time_ns(run_fwd, &c);
-        report("dense-sgemm", out, in, rows, t_dense, t_dense);
+        fwd_ctx cd = {&lf, x, rows, y, s};
         double cross[2] = {0, 0};
         int lost[2] = {0, 0}; /* crossover: the last density before sparse first loses */
         for (int di = 0; di < nd; di++) {
@@ -243,22 +275,30 @@ static void bench_csr(int quick)
                     if (rndf(0.0f, 1.0f) < dens[di]) { idx[nnz] = (int32_t)k; vf[nnz] = rndf(-1.0f, 1.0f); vi[nnz] = (int8_t)(vf[nnz] * 127); nnz++; }
                 indptr[o + 1] = (int32_t)nnz;
             }
+            qn_layer l[2];
+            fwd_ctx c[2];
+            group g = {0};
+            char name[3][64];
+            snprintf(name[0], sizeof name[0], "dense-f32 (d=%.2f)", dens[di]);
+            group_add(&g, name[0], run_fwd, &cd);
             for (int v = 0; v < 2; v++) {
-                qn_layer l = {.rep = v ? QN_REP_CSR_I8 : QN_REP_CSR_F32, .in = in, .out = out, .act = QN_ACT_RELU,
-                              .csr_indptr = indptr, .csr_indices = idx, .csr_f32 = v ? NULL : vf, .csr_i8 = v ? vi : NULL,
-                              .w_scale = v ? sc : NULL, .nnz = nnz};
-                if (qn_kernel_layer_prepare(&l)) abort();
-                c.l = &l;
-                double t = time_ns(run_fwd, &c);
-                char name[64];
-                snprintf(name, sizeof name, "%s d=%.2f", v ? "csr_i8" : "csr_f32", dens[di]);
-                report(name, out, in, rows, t, t_dense);
-                if (t < t_dense && !lost[v]) cross[v] = dens[di];
+                l[v] = (qn_layer){.rep = v ? QN_REP_CSR_I8 : QN_REP_CSR_F32, .in = in, .out = out, .act = QN_ACT_RELU,
+                                  .csr_indptr = indptr, .csr_indices = idx, .csr_f32 = v ? NULL : vf, .csr_i8 = v ? vi : NULL,
+                                  .w_scale = v ? sc : NULL, .nnz = nnz};
+                if (qn_kernel_layer_prepare(&l[v])) abort();
+                c[v] = (fwd_ctx){&l[v], x, rows, y, s};
+                snprintf(name[v + 1], sizeof name[v + 1], "%s d=%.2f", v ? "csr_i8" : "csr_f32", dens[di]);
+                group_add(&g, name[v + 1], run_fwd, &c[v]);
+            }
+            group_run(&g);
+            for (int i = 0; i < 3; i++) report(g.name[i], out, in, rows, g.ns[i], g.ns[0]);
+            for (int v = 0; v < 2; v++) {
+                if (g.ns[v + 1] < g.ns[0] && !lost[v]) cross[v] = dens[di];
                 else lost[v] = 1;
-                l.kernel_free(l.kernel_data);
+                l[v].kernel_free(l[v].kernel_data);
             }
         }
-        printf("# crossover batch %lld: csr_f32 faster than dense up to density %.2f, csr_i8 up to %.2f (of those tried)\n",
+        printf("# crossover batch %lld: sparse faster than dense at every density up to: csr_f32 %.2f, csr_i8 %.2f (of those tried)\n",
                (long long)rows, cross[0], cross[1]);
         free(x);
         free(y);

@@ -21,9 +21,10 @@
  * call), so the sparse kernel wins up to high densities there. */
 static const struct { int64_t lo; double crit; } g_ranges[QN_CSR_NRANGES] = {
     {1, 0.10},   /* batch 1: sgemv streams W; the gather-dot wins only when very sparse */
-    {2, 0.70},   /* batches 2, 8, 16 */
-    {32, 0.50},  /* batch 64 */
-    {128, 0.30}, /* batch 256 */
+    {2, 0.45},   /* batch 2 */
+    {4, 0.80},   /* batches 8, 16 */
+    {32, 0.35},  /* batch 64 */
+    {128, 0.35}, /* batch 256 */
 };
 
 /* Portable SpMM: one row at a time, 4 partial sums per output row. Plain C

@@ -94,7 +94,7 @@ qn_kpath qn_kernel_path_init(void);
 /* Batch-size ranges over which a CSR layer's sparse/dense choice is made:
  * rows in [lo_i, lo_{i+1}). Each is decided with the crossover density
  * measured at a representative batch (kernels.c, bench/notes/kernels.md). */
-#define QN_CSR_NRANGES 4
+#define QN_CSR_NRANGES 5
 
 typedef struct {
     qn_kpath path;              /* the path it was packed for */
