@@ -20,11 +20,11 @@
  * OpenBLAS's sgemm is slow for a handful of rows (it packs all of W per
  * call), so the sparse kernel wins up to high densities there. */
 static const struct { int64_t lo; double crit; } g_ranges[QN_CSR_NRANGES] = {
-    {1, 0.10},   /* batch 1: sgemv streams W; the gather-dot wins only when very sparse */
-    {2, 0.45},   /* batch 2 */
-    {4, 0.80},   /* batches 8, 16 */
-    {32, 0.35},  /* batch 64 */
-    {128, 0.35}, /* batch 256 */
+    {1, 0.10},   /* batch 1 (measured 0.10-0.12): sgemv streams W, the gather-dot is gather-bound */
+    {2, 0.50},   /* batch 2 (measured 0.5-0.9) */
+    {4, 0.80},   /* batches 8 and 16 (measured >= 0.9) */
+    {32, 0.50},  /* batch 64 (measured 0.4-0.6) */
+    {128, 0.35}, /* batch 256 (measured 0.4) */
 };
 
 /* Portable SpMM: one row at a time, 4 partial sums per output row. Plain C
