@@ -1,0 +1,297 @@
+/* core.c: admission and completion around the batcher and executor.
+ * Admission runs on the transport's IO thread, so it must stay cheap: one
+ * registry lookup (a reference count bump), a few comparisons and a queue
+ * push. Completion runs on the executor thread that finished the batch. */
+#include "core.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "executor.h"
+#include "log.h"
+#include "tensor.h"
+
+struct qn_core {
+    qn_core_opts o;
+    qn_registry *reg;
+    qn_backend *be;
+    qn_batcher *batcher;
+    qn_executor *exec;
+    atomic_int_fast64_t inflight;
+    atomic_int stopped;
+    int direct;          /* direct path enabled */
+};
+
+struct qn_core_local {
+    void *ctx;           /* backend context of the owning thread */
+    qn_batch staged;     /* jobs waiting for the end of the receive burst */
+    qn_batch_scratch scratch;
+};
+
+void qn_core_opts_default(qn_core_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->batch.max_batch_rows = QN_BATCHER_DEFAULT_MAX_BATCH;
+    o->batch.max_delay_us = QN_BATCHER_DEFAULT_MAX_DELAY_US;
+    o->batch.queue_limit_rows = QN_BATCHER_DEFAULT_QUEUE_LIMIT;
+    o->threads = 1;
+    o->limits.max_message_bytes = QN_DEFAULT_MAX_MESSAGE;
+    o->direct_max_flops = QN_CORE_DEFAULT_DIRECT_MAX_FLOPS;
+}
+
+/* The one place a job ends: answer, drop the model reference, free. */
+static void job_end(qn_job *job, const qn_result *res)
+{
+    job->origin.complete(job, res);
+    qn_model_unref(&job->served_by);
+    qn_job_free(&job);
+}
+
+void qn_core_reply_error(qn_job *job, qn_status status, qn_code code, const char *message)
+{
+    qn_result res = {.type = QN_RESULT_FINAL, .status = status, .id = &job->id,
+                     .model = job->model[0] ? job->model : NULL,
+                     .version = job->served_by ? job->served_by->version : 0, .code = code,
+                     .message = message};
+    job_end(job, &res);
+}
+
+static void core_finish(void *ud, qn_job *job, const qn_result *res)
+{
+    qn_core *c = ud;
+    job_end(job, res);
+    atomic_fetch_sub(&c->inflight, 1);
+}
+
+int qn_core_create(const qn_core_opts *opts, qn_registry *reg, qn_backend *be, qn_core **out)
+{
+    *out = NULL;
+    if (!opts || !reg || !be || opts->threads < 1) return QN_EINVAL;
+    qn_core *c = calloc(1, sizeof *c);
+    if (!c) return QN_ENOMEM;
+    c->o = *opts;
+    if (c->o.limits.max_message_bytes == 0) c->o.limits.max_message_bytes = QN_DEFAULT_MAX_MESSAGE;
+    c->reg = reg;
+    c->be = be;
+    c->direct = opts->direct_max_flops > 0 && opts->batch.max_delay_us == 0;
+    int rc = qn_batcher_create(&opts->batch, &c->batcher);
+    if (rc) goto fail;
+    qn_executor_hooks h = {.ud = c, .finish = core_finish};
+    rc = qn_executor_start(c->batcher, be, opts->threads, &h, &c->exec);
+    if (rc) goto fail;
+    *out = c;
+    return 0;
+fail:
+    qn_batcher_destroy(&c->batcher);
+    free(c);
+    return rc;
+}
+
+void qn_core_stop(qn_core *c)
+{
+    if (atomic_exchange(&c->stopped, 1)) return;
+    qn_batcher_close(c->batcher);
+    qn_executor_join(&c->exec);
+}
+
+void qn_core_destroy(qn_core **pc)
+{
+    qn_core *c = pc ? *pc : NULL;
+    if (!c) return;
+    qn_core_stop(c);
+    qn_batcher_destroy(&c->batcher);
+    free(c);
+    *pc = NULL;
+}
+
+static void stage(qn_core *c, qn_core_local *l, qn_job *job);
+
+static int64_t flops_per_row(const qn_model *m)
+{
+    int64_t f = 0;
+    for (int i = 0; i < m->nlayers; i++) f += 2 * m->layers[i].in * m->layers[i].out;
+    return f;
+}
+
+static void admit(qn_core *c, qn_core_local *l, qn_job *job)
+{
+    char msg[256];
+    if (job->type != QN_JOB_PREDICT) {
+        qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_BAD_JOB,
+                            "train jobs are not supported by this worker yet");
+        return;
+    }
+    if (job->deadline_ms > 0 && qn_wall_ms() > job->deadline_ms) {
+        qn_core_reply_error(job, QN_STATUS_EXPIRED, QN_CODE_EXPIRED,
+                            "deadline passed before the job was admitted");
+        return;
+    }
+    qn_model *m = NULL;
+    int rc = qn_registry_get(c->reg, job->model, job->version, &m);
+    if (rc == QN_ENOTFOUND) {
+        snprintf(msg, sizeof msg, "no model named '%s' in the repository", job->model);
+        qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_UNKNOWN_MODEL, msg);
+        return;
+    }
+    if (rc == QN_ENOVERSION) {
+        snprintf(msg, sizeof msg, "model '%s' has no version %lld", job->model,
+                 (long long)job->version);
+        qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_UNKNOWN_VERSION, msg);
+        return;
+    }
+    if (rc) {
+        qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_INTERNAL, qn_strerror(rc));
+        return;
+    }
+    job->served_by = m;
+    if (job->cols != m->in_dim) {
+        snprintf(msg, sizeof msg, "inputs have %lld columns; model '%s' version %lld takes %lld",
+                 (long long)job->cols, m->name, (long long)m->version, (long long)m->in_dim);
+        qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_SHAPE_MISMATCH, msg);
+        return;
+    }
+    if (l && c->direct && job->rows <= c->o.batch.queue_limit_rows &&
+        flops_per_row(m) <= c->o.direct_max_flops) {
+        /* Never queued, so never counted against the limit; a job larger
+         * than the whole limit falls through to the batcher, which refuses
+         * it exactly as it would on the queued path. */
+        stage(c, l, job);
+        return;
+    }
+    atomic_fetch_add(&c->inflight, 1);
+    rc = qn_batcher_push(c->batcher, job);
+    if (rc == 0) return;
+    atomic_fetch_sub(&c->inflight, 1);
+    if (rc == QN_EFULL) {
+        snprintf(msg, sizeof msg, "queue full: %lld rows queued, limit %lld",
+                 (long long)qn_batcher_queued_rows(c->batcher),
+                 (long long)qn_batcher_queue_limit(c->batcher));
+        qn_core_reply_error(job, QN_STATUS_REJECTED, QN_CODE_OVERLOADED, msg);
+    } else if (rc == QN_ECLOSED) {
+        qn_core_reply_error(job, QN_STATUS_REJECTED, QN_CODE_OVERLOADED, "worker is shutting down");
+    } else {
+        qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_INTERNAL, qn_strerror(rc));
+    }
+}
+
+static void submit(qn_core *c, qn_core_local *l, qn_job *job)
+{
+    if (atomic_load(&c->stopped)) {
+        qn_core_reply_error(job, QN_STATUS_REJECTED, QN_CODE_OVERLOADED, "worker is shutting down");
+        return;
+    }
+    admit(c, l, job);
+}
+
+void qn_core_submit(qn_core *c, qn_job *job) { submit(c, NULL, job); }
+
+static void submit_bytes(qn_core *c, qn_core_local *l, const void *buf, size_t len,
+                         const qn_origin *origin)
+{
+    qn_job *job = NULL;
+    qn_decode_error err = {0};
+    int rc = qn_job_decode(buf, len, &c->o.limits, &job, &err);
+    if (rc == 0) {
+        job->origin = *origin;
+        submit(c, l, job);
+        return;
+    }
+    if (!job) job = qn_job_new(0, 0);
+    if (!job) {
+        /* Out of memory: answer without a job object. */
+        qn_job stub;
+        memset(&stub, 0, sizeof stub);
+        stub.origin = *origin;
+        qn_result res = {.type = QN_RESULT_FINAL, .status = QN_STATUS_ERROR,
+                         .code = QN_CODE_INTERNAL, .message = "out of memory"};
+        origin->complete(&stub, &res);
+        return;
+    }
+    job->origin = *origin;
+    qn_core_reply_error(job, QN_STATUS_ERROR, err.code ? err.code : QN_CODE_BAD_MESSAGE,
+                        err.message[0] ? err.message : "undecodable message");
+}
+
+int64_t qn_core_inflight(qn_core *c) { return atomic_load(&c->inflight); }
+int64_t qn_core_queued_rows(qn_core *c) { return qn_batcher_queued_rows(c->batcher); }
+int64_t qn_core_queue_limit(qn_core *c) { return qn_batcher_queue_limit(c->batcher); }
+
+void qn_core_submit_bytes(qn_core *c, const void *buf, size_t len, const qn_origin *origin)
+{
+    submit_bytes(c, NULL, buf, len, origin);
+}
+
+void qn_core_submit_bytes_local(qn_core *c, qn_core_local *l, const void *buf, size_t len,
+                                const qn_origin *origin)
+{
+    submit_bytes(c, l, buf, len, origin);
+}
+
+/* ---- direct path ---- */
+
+static void local_finish(void *ud, qn_job *job, const qn_result *res)
+{
+    (void)ud;
+    job_end(job, res);
+}
+
+void qn_core_local_flush(qn_core *c, qn_core_local *l)
+{
+    if (l->staged.njobs == 0) return;
+    qn_executor_hooks h = {.ud = c, .finish = local_finish};
+    qn_batch_run(c->be, l->ctx, &l->staged, &l->scratch, &h);
+    l->staged.njobs = 0;
+    l->staged.rows = 0;
+    l->staged.model = NULL;
+}
+
+static void stage(qn_core *c, qn_core_local *l, qn_job *job)
+{
+    qn_batch *b = &l->staged;
+    if (b->njobs > 0 &&
+        (b->model != job->served_by || b->rows + job->rows > c->o.batch.max_batch_rows))
+        qn_core_local_flush(c, l);
+    if (b->njobs == b->cap_jobs) {
+        int cap = b->cap_jobs ? b->cap_jobs * 2 : 64;
+        qn_job **n = realloc(b->jobs, (size_t)cap * sizeof *n);
+        if (!n) {
+            qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_INTERNAL, "out of memory");
+            return;
+        }
+        b->jobs = n;
+        b->cap_jobs = cap;
+    }
+    b->model = job->served_by;
+    b->jobs[b->njobs++] = job;
+    b->rows += job->rows;
+    if (b->rows >= c->o.batch.max_batch_rows) qn_core_local_flush(c, l);
+}
+
+int qn_core_local_create(qn_core *c, qn_core_local **out)
+{
+    *out = NULL;
+    qn_core_local *l = calloc(1, sizeof *l);
+    if (!l) return QN_ENOMEM;
+    int rc = c->be->iface->ctx_create(c->be, &l->ctx);
+    if (rc) {
+        free(l);
+        return rc;
+    }
+    *out = l;
+    return 0;
+}
+
+void qn_core_local_destroy(qn_core *c, qn_core_local **pl)
+{
+    qn_core_local *l = pl ? *pl : NULL;
+    if (!l) return;
+    qn_core_local_flush(c, l);
+    c->be->iface->ctx_destroy(c->be, l->ctx);
+    qn_batch_free(&l->staged);
+    qn_batch_scratch_free(&l->scratch);
+    free(l);
+    *pl = NULL;
+}

@@ -1,0 +1,368 @@
+/* main.c: quern-worker. Parses the contract's flags (CONTRACT.md section 4),
+ * wires backend -> registry -> core -> transports, then waits for SIGTERM or
+ * SIGINT and shuts down in data-flow order: stop intake, let in-flight jobs
+ * finish and their results leave, stop the core, close the transports.
+ * Configuration is passed down as arguments; nothing below reads globals. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "backend.h"
+#include "core.h"
+#include "error.h"
+#include "log.h"
+#include "registry.h"
+#include "tensor.h"
+#include "transport.h"
+#include "zmq_transport.h"
+
+#define MAX_TRANSPORTS 4
+
+static int g_sigpipe[2] = {-1, -1};
+
+static void on_signal(int sig)
+{
+    unsigned char b = (unsigned char)sig;
+    int saved = errno;
+    ssize_t w = write(g_sigpipe[1], &b, 1);
+    (void)w;
+    errno = saved;
+}
+#define MAX_X 64
+
+typedef struct worker_opts {
+    const char *model_repo;
+    const char *zmq_bind;
+    const char *kafka_brokers;
+    const char *kafka_topic, *kafka_group, *reply_topic, *dlq_topic;
+    const char *x_conf[MAX_X];
+    int nx;
+    const char *cache_dir;
+    long cache_size_mb;
+    const char *device;
+    const char *broker;
+    int poll_ms;
+    int drain_timeout_ms;
+    int blas_threads;
+    qn_core_opts core;
+} worker_opts;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: quern-worker --model-repo DIR (--zmq-bind ENDPOINT | --kafka-brokers LIST | --broker ENDPOINT) [options]\n"
+        "\n"
+        "transports (at least one):\n"
+        "  --zmq-bind ENDPOINT      bind a ZeroMQ ROUTER (REQ and DEALER clients), e.g. tcp://*:5555\n"
+        "  --kafka-brokers LIST     consume jobs from Kafka ('mock' starts an embedded cluster)\n"
+        "  --broker ENDPOINT        serve through a quern-broker (MDP worker per model)\n"
+        "kafka:\n"
+        "  --kafka-topic T          job topic (default quern.jobs)\n"
+        "  --kafka-group G          consumer group (default quern)\n"
+        "  --reply-topic T          default result topic (default quern.results)\n"
+        "  --dlq-topic T            dead-letter topic (default quern.dlq)\n"
+        "  -X key=value             librdkafka property (repeatable)\n"
+        "batching and compute:\n"
+        "  --max-batch N            most rows in one batch (default %d)\n"
+        "  --max-delay-us N         longest a job waits for a batch to fill (default %d: greedy)\n"
+        "  --queue-limit N          most queued rows; past it jobs are rejected (default %d)\n"
+        "  --threads N              executor threads (default 1)\n"
+        "  --blas-threads N         OpenBLAS threads inside one forward (default: cores / threads)\n"
+        "  --device cpu|cuda|auto   compute device (default auto)\n"
+        "  --max-message-bytes N    larger jobs get too_large (default %u)\n"
+        "  --direct-max-flops N     run models up to N FLOPs/row on the IO thread (default %d; 0: off)\n"
+        "cache:\n"
+        "  --cache-dir DIR          LMDB result cache directory\n"
+        "  --cache-size MB          cache size (0: no cache)\n"
+        "other:\n"
+        "  --poll-ms N              model repository rescan interval (default 500)\n"
+        "  --drain-timeout-ms N     longest shutdown waits for in-flight jobs (default 30000)\n"
+        "  -h, --help               this text\n",
+        QN_BATCHER_DEFAULT_MAX_BATCH, QN_BATCHER_DEFAULT_MAX_DELAY_US,
+        QN_BATCHER_DEFAULT_QUEUE_LIMIT, QN_DEFAULT_MAX_MESSAGE, QN_CORE_DEFAULT_DIRECT_MAX_FLOPS);
+}
+
+static int parse_long(const char *flag, const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || v < lo || v > hi) {
+        fprintf(stderr, "quern-worker: %s wants an integer in [%ld, %ld], got '%s'\n", flag, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+enum {
+    OPT_REPO = 256, OPT_ZMQ, OPT_KBROKERS, OPT_KTOPIC, OPT_KGROUP, OPT_REPLY, OPT_DLQ,
+    OPT_MAXBATCH, OPT_MAXDELAY, OPT_QLIMIT, OPT_CACHEDIR, OPT_CACHESIZE, OPT_THREADS,
+    OPT_DEVICE, OPT_BROKER, OPT_MAXMSG, OPT_POLL, OPT_DRAIN, OPT_DIRECT, OPT_BLAS,
+};
+
+/* Returns 0, or 2 for a usage error (message printed). */
+static int parse_args(int argc, char **argv, worker_opts *o)
+{
+    static const struct option longopts[] = {
+        {"model-repo", required_argument, 0, OPT_REPO},
+        {"zmq-bind", required_argument, 0, OPT_ZMQ},
+        {"kafka-brokers", required_argument, 0, OPT_KBROKERS},
+        {"kafka-topic", required_argument, 0, OPT_KTOPIC},
+        {"kafka-group", required_argument, 0, OPT_KGROUP},
+        {"reply-topic", required_argument, 0, OPT_REPLY},
+        {"dlq-topic", required_argument, 0, OPT_DLQ},
+        {"max-batch", required_argument, 0, OPT_MAXBATCH},
+        {"max-delay-us", required_argument, 0, OPT_MAXDELAY},
+        {"queue-limit", required_argument, 0, OPT_QLIMIT},
+        {"cache-dir", required_argument, 0, OPT_CACHEDIR},
+        {"cache-size", required_argument, 0, OPT_CACHESIZE},
+        {"threads", required_argument, 0, OPT_THREADS},
+        {"device", required_argument, 0, OPT_DEVICE},
+        {"broker", required_argument, 0, OPT_BROKER},
+        {"max-message-bytes", required_argument, 0, OPT_MAXMSG},
+        {"poll-ms", required_argument, 0, OPT_POLL},
+        {"drain-timeout-ms", required_argument, 0, OPT_DRAIN},
+        {"direct-max-flops", required_argument, 0, OPT_DIRECT},
+        {"blas-threads", required_argument, 0, OPT_BLAS},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    memset(o, 0, sizeof *o);
+    qn_core_opts_default(&o->core);
+    o->kafka_topic = "quern.jobs";
+    o->kafka_group = "quern";
+    o->reply_topic = "quern.results";
+    o->dlq_topic = "quern.dlq";
+    o->device = "auto";
+    o->poll_ms = 500;
+    o->drain_timeout_ms = 30000;
+    o->blas_threads = 0; /* auto: the cores left per executor thread */
+    o->cache_size_mb = 1024;
+    long v;
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "X:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_REPO: o->model_repo = optarg; break;
+        case OPT_ZMQ: o->zmq_bind = optarg; break;
+        case OPT_KBROKERS: o->kafka_brokers = optarg; break;
+        case OPT_KTOPIC: o->kafka_topic = optarg; break;
+        case OPT_KGROUP: o->kafka_group = optarg; break;
+        case OPT_REPLY: o->reply_topic = optarg; break;
+        case OPT_DLQ: o->dlq_topic = optarg; break;
+        case 'X':
+            if (!strchr(optarg, '=')) {
+                fprintf(stderr, "quern-worker: -X wants key=value, got '%s'\n", optarg);
+                return 2;
+            }
+            if (o->nx == MAX_X) { fprintf(stderr, "quern-worker: too many -X\n"); return 2; }
+            o->x_conf[o->nx++] = optarg;
+            break;
+        case OPT_MAXBATCH:
+            if (parse_long("--max-batch", optarg, 1, 1L << 20, &v)) return 2;
+            o->core.batch.max_batch_rows = v;
+            break;
+        case OPT_MAXDELAY:
+            if (parse_long("--max-delay-us", optarg, 0, 10000000, &v)) return 2;
+            o->core.batch.max_delay_us = v;
+            break;
+        case OPT_QLIMIT:
+            if (parse_long("--queue-limit", optarg, 1, 1L << 30, &v)) return 2;
+            o->core.batch.queue_limit_rows = v;
+            break;
+        case OPT_CACHEDIR: o->cache_dir = optarg; break;
+        case OPT_CACHESIZE:
+            if (parse_long("--cache-size", optarg, 0, 1L << 24, &v)) return 2;
+            o->cache_size_mb = v;
+            break;
+        case OPT_THREADS:
+            if (parse_long("--threads", optarg, 1, 256, &v)) return 2;
+            o->core.threads = (int)v;
+            break;
+        case OPT_DEVICE:
+            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto")) {
+                fprintf(stderr, "quern-worker: --device is cpu, cuda or auto, got '%s'\n", optarg);
+                return 2;
+            }
+            o->device = optarg;
+            break;
+        case OPT_BROKER: o->broker = optarg; break;
+        case OPT_MAXMSG:
+            if (parse_long("--max-message-bytes", optarg, 64, 1L << 31, &v)) return 2;
+            o->core.limits.max_message_bytes = (size_t)v;
+            break;
+        case OPT_POLL:
+            if (parse_long("--poll-ms", optarg, 10, 60000, &v)) return 2;
+            o->poll_ms = (int)v;
+            break;
+        case OPT_DRAIN:
+            if (parse_long("--drain-timeout-ms", optarg, 0, 3600000, &v)) return 2;
+            o->drain_timeout_ms = (int)v;
+            break;
+        case OPT_DIRECT:
+            if (parse_long("--direct-max-flops", optarg, 0, 1L << 40, &v)) return 2;
+            o->core.direct_max_flops = v;
+            break;
+        case OPT_BLAS:
+            if (parse_long("--blas-threads", optarg, 1, 256, &v)) return 2;
+            o->blas_threads = (int)v;
+            break;
+        case 'h': usage(stdout); exit(0);
+        default:
+            if (optopt) fprintf(stderr, "quern-worker: option -%c needs a value or is unknown\n", optopt);
+            else fprintf(stderr, "quern-worker: unknown or incomplete option '%s'\n", argv[optind - 1]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "quern-worker: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    if (!o->model_repo) {
+        fprintf(stderr, "quern-worker: --model-repo is required\n");
+        usage(stderr);
+        return 2;
+    }
+    if (!o->zmq_bind && !o->kafka_brokers && !o->broker) {
+        fprintf(stderr, "quern-worker: give at least one of --zmq-bind, --kafka-brokers, --broker\n");
+        usage(stderr);
+        return 2;
+    }
+    return 0;
+}
+
+/* Parts that later issues add. Refused clearly rather than ignored. */
+static int refuse_unbuilt(const worker_opts *o)
+{
+    if (o->kafka_brokers) {
+        fprintf(stderr, "quern-worker: the Kafka transport is not built yet (--kafka-brokers)\n");
+        return 2;
+    }
+    if (o->broker) {
+        fprintf(stderr, "quern-worker: the MDP broker transport is not built yet (--broker)\n");
+        return 2;
+    }
+    if (o->cache_dir && o->cache_size_mb > 0) {
+        fprintf(stderr, "quern-worker: the result cache is not built yet (--cache-dir)\n");
+        return 2;
+    }
+    if (strcmp(o->device, "cuda") == 0) {
+        fprintf(stderr, "quern-worker: the CUDA backend is not built yet (--device cuda)\n");
+        return 2;
+    }
+    return 0;
+}
+
+static int drain(qn_transport *ts, int nt, int timeout_ms)
+{
+    uint64_t end = qn_now_ns() + (uint64_t)timeout_ms * 1000000u;
+    for (;;) {
+        int64_t left = 0;
+        for (int i = 0; i < nt; i++) left += ts[i].iface->inflight(ts[i].self);
+        if (left == 0) return 0;
+        if (qn_now_ns() > end) {
+            QN_LOGW("worker", "shutdown: %lld jobs still in flight after %d ms", (long long)left, timeout_ms);
+            return -1;
+        }
+        struct timespec ts_ = {0, 2000000};
+        nanosleep(&ts_, NULL);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    worker_opts o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc) return rc;
+    if ((rc = refuse_unbuilt(&o))) return rc;
+    qn_log_init_from_env();
+
+    /* Libraries start threads of their own (OpenBLAS at load time), so a
+     * signal may land on any thread: the handler only writes to a pipe that
+     * this thread waits on. A second signal during shutdown is harmless. */
+    if (pipe(g_sigpipe) != 0) {
+        perror("quern-worker: pipe");
+        return 1;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int exit_code = 1;
+    qn_backend *be = NULL;
+    qn_registry *reg = NULL;
+    qn_core *core = NULL;
+    void *zctx = NULL;
+    qn_transport ts[MAX_TRANSPORTS];
+    int nt = 0;
+
+    if (o.blas_threads == 0) {
+        /* Measured (bench/README.md): on 2 cores one executor with 2 BLAS
+         * threads beats two executors with 1 each, for batch-1 latency and
+         * for batched throughput on compute-bound models. */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        o.blas_threads = (int)(cores / o.core.threads);
+        if (o.blas_threads < 1) o.blas_threads = 1;
+    }
+    if ((rc = qn_backend_cpu_create(o.blas_threads, &be))) {
+        QN_LOGE("worker", "cannot create the CPU backend: %s", qn_strerror(rc));
+        goto out;
+    }
+    if ((rc = qn_registry_open(o.model_repo, be, &reg))) {
+        QN_LOGE("worker", "cannot open model repository %s: %s", o.model_repo, qn_strerror(rc));
+        goto out;
+    }
+    if ((rc = qn_registry_watch(reg, o.poll_ms))) {
+        QN_LOGE("worker", "cannot watch the model repository: %s", qn_strerror(rc));
+        goto out;
+    }
+    if ((rc = qn_core_create(&o.core, reg, be, &core))) {
+        QN_LOGE("worker", "cannot start the executor: %s", qn_strerror(rc));
+        goto out;
+    }
+    zctx = zmq_ctx_new();
+    if (o.zmq_bind) {
+        if (qn_zmq_transport_create(zctx, o.zmq_bind, core, &ts[nt])) goto out;
+        nt++;
+    }
+    for (int i = 0; i < nt; i++)
+        if ((rc = ts[i].iface->start(ts[i].self))) {
+            QN_LOGE("worker", "cannot start the %s transport: %s", ts[i].iface->name, qn_strerror(rc));
+            goto out;
+        }
+    QN_LOGI("worker", "ready: repo %s, device cpu, %d executor thread(s) x %d BLAS thread(s), max batch %lld, "
+            "max delay %lld us, queue limit %lld rows", o.model_repo, o.core.threads, o.blas_threads,
+            (long long)o.core.batch.max_batch_rows, (long long)o.core.batch.max_delay_us,
+            (long long)o.core.batch.queue_limit_rows);
+
+    unsigned char sig = 0;
+    while (read(g_sigpipe[0], &sig, 1) < 0 && errno == EINTR) {}
+    QN_LOGI("worker", "signal %d: draining", sig);
+    /* Data-flow order: no new jobs; run what is queued now (no batching
+     * delay) and join the executors; let the results leave; then close. */
+    for (int i = 0; i < nt; i++) ts[i].iface->stop_intake(ts[i].self);
+    qn_core_stop(core);
+    drain(ts, nt, o.drain_timeout_ms);
+    exit_code = 0;
+out:
+    if (core) qn_core_stop(core);
+    for (int i = nt - 1; i >= 0; i--) ts[i].iface->destroy(ts[i].self);
+    qn_core_destroy(&core);
+    if (zctx) zmq_ctx_term(zctx);
+    qn_registry_close(&reg);
+    qn_backend_destroy(&be);
+    if (exit_code == 0) QN_LOGI("worker", "stopped");
+    return exit_code;
+}
