@@ -1,5 +1,6 @@
 /* bench_kernels.c: throughput of the compressed-layer kernels (lib/cpu/
- * kernels.h) against OpenBLAS sgemm on the same shapes, and of the int8
+ * kernels.h) against OpenBLAS on the same shapes (through the backend's f32
+ * path, qn_cpu_dense_f32: per-row sgemv for a few rows, sgemm above), and of the int8
  * kernel against oneDNN's u8s8s32 GEMM (when built with it), plus the
  * density at which CSR SpMM stops beating dense sgemm. Single-threaded
  * throughout (OpenBLAS and oneDNN pinned to one thread): the worker runs one
@@ -158,7 +159,8 @@ static void bench_dense(int quick)
 {
     const int64_t layers[2][2] = {{1024, 1024}, {4096, 1024}};
     const int64_t batches[4] = {1, 8, 64, 256};
-    printf("# dense: kernel  layer(out x in)  batch  us/call  GFLOP/s(GOP/s int8)  speed vs sgemm (same layer, batch)\n");
+    printf("# dense: kernel  layer(out x in)  batch  us/call  GFLOP/s(GOP/s int8)  speed vs f32 (same layer, batch)\n");
+    printf("# f32(openblas) is the backend's dense path, qn_cpu_dense_f32: sgemv per row up to a few rows, sgemm above\n");
     printf("# every kernel includes bias + ReLU; int8 includes the per-row activation quantization\n");
     qn_kernel_scratch *s = NULL;
     if (qn_kernel_scratch_create(&s)) abort();
@@ -201,7 +203,7 @@ static void bench_dense(int quick)
             fwd_ctx cf = {&lf, x, rows, y, s}, ci[QN_KPATH_COUNT], ch[QN_KPATH_COUNT];
             static const char *const i8n[QN_KPATH_COUNT] = {"int8/portable", "int8/avx2", "int8/avxvnni", "int8/avx512vnni"};
             static const char *const f16n[QN_KPATH_COUNT] = {"f16/portable", "f16/f16c", NULL, "f16/avx512"};
-            group_add(&g, rows == 1 ? "sgemv(openblas)" : "sgemm(openblas)", run_fwd, &cf);
+            group_add(&g, "f32(openblas)", run_fwd, &cf);
             for (int p = QN_KPATH_COUNT - 1; p >= 0; p--) {
                 if (!li8[p].kernel_data) continue;
                 if (p == QN_KPATH_PORTABLE && (quick || rows > 8)) continue; /* seconds per call */
@@ -246,7 +248,7 @@ static void bench_csr(int quick)
     const int64_t out = 1024, in = 1024;
     const double dens[] = {0.01, 0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.9};
     const int nd = (int)(sizeof dens / sizeof dens[0]);
-    printf("# csr: kernel  layer  batch  us/call  GFLOP/s (dense-equivalent)  speed vs the dense f32 path (sgemv at batch 1, else sgemm), measured interleaved per density (>1: sparse wins)\n");
+    printf("# csr: kernel  layer  batch  us/call  GFLOP/s (dense-equivalent)  speed vs the dense f32 path (qn_cpu_dense_f32), measured interleaved per density (>1: sparse wins)\n");
     qn_kernel_scratch *s = NULL;
     if (qn_kernel_scratch_create(&s)) abort();
     float *wd = qn_alloc_aligned((size_t)(out * in) * sizeof(float), 0);

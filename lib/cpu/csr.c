@@ -14,17 +14,19 @@
 #include "log.h"
 
 /* Batch-size ranges [lo, next lo) and, for each, the density below which the
- * sparse kernel beat the dense f32 path (sgemv at 1 row, sgemm otherwise) at
- * the representative batches in the comment: avx512vnni path, 1024x1024
- * layer, single thread (bench/notes/kernels.md has the runs). Not monotone:
- * OpenBLAS's sgemm is slow for a handful of rows (it packs all of W per
- * call), so the sparse kernel wins up to high densities there. */
+ * sparse kernel beat the dense f32 path (qn_cpu_dense_f32: per-row sgemv up
+ * to 8 rows on this layer, sgemm above) at the representative batches in
+ * the comment: avx512vnni path, 1024x1024 layer, single thread, taken on the
+ * low side of what repeated runs gave (bench/notes/kernels.md). Not
+ * monotone: sgemm at 16-32 rows still pays OpenBLAS's per-call packing of
+ * all of W, where the sparse kernel runs at FMA speed. */
 static const struct { int64_t lo; double crit; } g_ranges[QN_CSR_NRANGES] = {
-    {1, 0.10},   /* batch 1 (measured 0.10-0.12): sgemv streams W, the gather-dot is gather-bound */
-    {2, 0.50},   /* batch 2 (measured 0.5-0.9) */
-    {4, 0.80},   /* batches 8 and 16 (measured >= 0.9) */
-    {32, 0.50},  /* batch 64 (measured 0.4-0.6) */
-    {128, 0.35}, /* batch 256 (measured 0.4) */
+    {1, 0.10},   /* batch 1 (0.08-0.12): the gather-dot is gather-bound */
+    {2, 0.15},   /* batch 2 (0.15) */
+    {4, 0.30},   /* batch 4 (0.30) */
+    {8, 0.50},   /* batch 8 (0.50) */
+    {16, 0.50},  /* batches 16, 32, 64 (0.9, 0.7, 0.6) */
+    {128, 0.35}, /* batch 256 (0.40) */
 };
 
 /* Portable SpMM: one row at a time, 4 partial sums per output row. Plain C
@@ -112,10 +114,7 @@ int qn_csr_prepare(const qn_layer *l, qn_kpack *k)
 int qn_csr_forward(const qn_layer *l, const qn_kpack *k, const float *x, int64_t rows, float *y,
                    qn_kernel_scratch *s)
 {
-    if (!k->sparse[qn_csr_range(rows)]) {
-        qn_dense_f32_forward(k->dense, l->in, l->out, l->bias, l->act, x, rows, y);
-        return 0;
-    }
+    if (!k->sparse[qn_csr_range(rows)]) return qn_dense_f32_forward(k->dense, l->in, l->out, l->bias, l->act, x, rows, y);
     const qn_csr_args a = {
         .rows = rows, .in = l->in, .out = l->out, .indptr = l->csr_indptr, .indices = l->csr_indices,
         .vf = l->rep == QN_REP_CSR_F32 ? l->csr_f32 : NULL, .vi = l->rep == QN_REP_CSR_I8 ? l->csr_i8 : NULL,

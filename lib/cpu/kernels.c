@@ -2,12 +2,11 @@
  * checks, padded bias, then the representation's packer), forward (dispatch
  * on the layer's representation; the path was fixed at prepare), the
  * per-thread scratch, and the dense f32 forward that plain f32 layers and
- * densified sparse layers share. */
-#include <cblas.h>
+ * densified sparse layers share (the CPU backend's qn_cpu_dense_f32). */
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu/epilogue.h"
+#include "cpu/dense.h"
 #include "cpu/kernels_impl.h"
 #include "error.h"
 
@@ -51,15 +50,12 @@ static void pack_free(void *p)
     free(k);
 }
 
-void qn_dense_f32_forward(const float *w, int64_t in, int64_t out, const float *bias, qn_act act,
-                          const float *x, int64_t rows, float *y)
+int qn_dense_f32_forward(const float *w, int64_t in, int64_t out, const float *bias, qn_act act,
+                         const float *x, int64_t rows, float *y)
 {
-    if (rows == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)out, (blasint)in, 1.0f, w, (blasint)in, x, 1, 0.0f, y, 1);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rows, (blasint)out, (blasint)in, 1.0f, x,
-                    (blasint)in, w, (blasint)in, 0.0f, y, (blasint)out);
-    qn_cpu_epilogue(y, rows, out, out, bias, act);
+    /* the backend's own f32 path (sgemv per row for a few rows, sgemm
+     * above: dense.h), so a densified layer costs what an f32 layer costs */
+    return qn_cpu_dense_f32(x, rows, in, w, out, bias, act, y);
 }
 
 int qn_kernel_layer_prepare(qn_layer *l)
@@ -105,7 +101,7 @@ int qn_kernel_layer_forward(const qn_layer *l, const float *x, int64_t rows, flo
     const qn_kpack *k = l->kernel_data;
     if (k->rep != l->rep) return QN_EINVAL;
     switch (l->rep) {
-    case QN_REP_F32: qn_dense_f32_forward(l->w, l->in, l->out, l->bias, l->act, x, rows, y); return 0;
+    case QN_REP_F32: return qn_dense_f32_forward(l->w, l->in, l->out, l->bias, l->act, x, rows, y);
     case QN_REP_I8: return qn_i8_forward(l, k, x, rows, y, s);
     case QN_REP_F16: return qn_f16_forward(l, k, x, rows, y, s);
     case QN_REP_CSR_F32:

@@ -94,7 +94,7 @@ qn_kpath qn_kernel_path_init(void);
 /* Batch-size ranges over which a CSR layer's sparse/dense choice is made:
  * rows in [lo_i, lo_{i+1}). Each is decided with the crossover density
  * measured at a representative batch (kernels.c, bench/notes/kernels.md). */
-#define QN_CSR_NRANGES 5
+#define QN_CSR_NRANGES 6
 
 typedef struct {
     qn_kpath path;              /* the path it was packed for */
@@ -131,8 +131,8 @@ int qn_csr_forward(const qn_layer *l, const qn_kpack *k, const float *x, int64_t
                    qn_kernel_scratch *s);
 /* The range index for a batch size (0 .. QN_CSR_NRANGES-1). */
 int qn_csr_range(int64_t rows);
-/* y = act(x · Wᵀ + b) with a dense f32 W [out, in]: cblas_sgemm + epilogue. */
-void qn_dense_f32_forward(const float *w, int64_t in, int64_t out, const float *bias, qn_act act,
+/* y = act(x · Wᵀ + b) with a dense f32 W [out, in]: qn_cpu_dense_f32. */
+int qn_dense_f32_forward(const float *w, int64_t in, int64_t out, const float *bias, qn_act act,
                           const float *x, int64_t rows, float *y);
 
 #endif
