@@ -7,8 +7,9 @@
  *    scale[o] = max_i |w[o][i]| / 127 (1 for an all-zero row),
  *    q = clamp(round-half-even(w / scale), -127, 127).
  *  - fp16: weights rounded to IEEE binary16 (round to nearest even).
- *  - prune F (unstructured): in every layer the F fraction of weights with the
- *    smallest |w| becomes 0. The layer is stored as CSR (csr_f32, or csr_int8
+ *  - prune F (unstructured): the F fraction of all the model's weights with
+ *    the smallest |w| becomes 0 (one global threshold, so layers end up with
+ *    different densities). A layer is stored as CSR (csr_f32, or csr_int8
  *    with int8) when that is smaller than the dense form of the same value
  *    type (f32: density below ~1/2; int8: below ~1/5), or always with
  *    force_csr; otherwise it stays dense with explicit zeros. fp16 has no

@@ -148,77 +148,76 @@ TEST(fp16)
     qn_model_unref(&m);
 }
 
-/* Unstructured pruning removes exactly floor(F·n) weights per layer, the
- * smallest ones, and keeps the others bit for bit. */
-static void check_pruned(const qn_layer *l, int i, double frac, int64_t *kept_out)
+/* Unstructured pruning removes exactly floor(F·N) of all N weights, the
+ * smallest over the whole model, and keeps the others bit for bit (int8:
+ * within half a step). */
+static void check_pruned(const qn_model *m, double frac)
 {
-    const int64_t n = l->in * l->out;
-    float *dense = calloc((size_t)n, sizeof(float));
-    if (l->rep == QN_REP_CSR_F32 || l->rep == QN_REP_CSR_I8) {
-        for (int64_t o = 0; o < l->out; o++)
-            for (int32_t p = l->csr_indptr[o]; p < l->csr_indptr[o + 1]; p++)
-                dense[o * l->in + l->csr_indices[p]] =
-                    l->rep == QN_REP_CSR_F32 ? l->csr_f32[p] : (float)l->csr_i8[p] * l->w_scale[o];
-    } else {
-        QN_ASSERT(l->rep == QN_REP_F32);
-        memcpy(dense, l->w, (size_t)n * sizeof(float));
-    }
-    int64_t kept = 0;
+    int64_t n_all = 0, kept = 0;
     float min_kept = INFINITY, max_dropped = 0.0f;
-    for (int64_t k = 0; k < n; k++) {
-        const float w = g_w[i][k];
-        if (dense[k] != 0.0f) {
-            kept++;
-            min_kept = fminf(min_kept, fabsf(w));
-            if (l->rep == QN_REP_CSR_I8) CHECK(fabsf(dense[k] - w) <= 0.5f * l->w_scale[k / l->in] * 1.0001f);
-            else CHECK(dense[k] == w);
+    for (int i = 0; i < NL; i++) {
+        const qn_layer *l = &m->layers[i];
+        const int64_t n = l->in * l->out;
+        n_all += n;
+        float *dense = calloc((size_t)n, sizeof(float));
+        if (l->rep == QN_REP_CSR_F32 || l->rep == QN_REP_CSR_I8) {
+            CHECK(l->nnz < n);
+            for (int64_t o = 0; o < l->out; o++)
+                for (int32_t p = l->csr_indptr[o]; p < l->csr_indptr[o + 1]; p++)
+                    dense[o * l->in + l->csr_indices[p]] =
+                        l->rep == QN_REP_CSR_F32 ? l->csr_f32[p] : (float)l->csr_i8[p] * l->w_scale[o];
         } else {
-            max_dropped = fmaxf(max_dropped, fabsf(w));
+            QN_ASSERT(l->rep == QN_REP_F32);
+            memcpy(dense, l->w, (size_t)n * sizeof(float));
         }
+        for (int64_t k = 0; k < n; k++) {
+            const float w = g_w[i][k];
+            if (dense[k] != 0.0f) {
+                kept++;
+                min_kept = fminf(min_kept, fabsf(w));
+                if (l->rep == QN_REP_CSR_I8) CHECK(fabsf(dense[k] - w) <= 0.5f * l->w_scale[k / l->in] * 1.0001f);
+                else CHECK(dense[k] == w);
+            } else {
+                max_dropped = fmaxf(max_dropped, fabsf(w));
+            }
+        }
+        free(dense);
     }
-    /* int8 may round a kept weight to 0; none of these is that small */
-    CHECK_EQ_INT(kept, n - (int64_t)floor(frac * (double)n));
+    /* (int8 could round a kept weight to 0; none of these is that small) */
+    CHECK_EQ_INT(kept, n_all - (int64_t)floor(frac * (double)n_all));
     CHECK(min_kept >= max_dropped);
-    *kept_out = kept;
-    free(dense);
 }
 
 TEST(prune_unstructured)
 {
     qn_compress_layer info[NL];
-    int64_t kept;
     /* 90%: CSR is smaller, f32 and int8 */
     for (int i8 = 0; i8 < 2; i8++) {
         qn_model *m = compress(g_src, (qn_compress_opts){.prune = 0.9, .int8 = i8}, info);
         if (!m) return;
         for (int i = 0; i < NL; i++) {
             CHECK_EQ_INT(m->layers[i].rep, i8 ? QN_REP_CSR_I8 : QN_REP_CSR_F32);
-            check_pruned(&m->layers[i], i, 0.9, &kept);
-            CHECK_EQ_INT(m->layers[i].nnz, kept);
-            CHECK_EQ_INT(info[i].nnz, kept);
+            CHECK_EQ_INT(info[i].nnz, m->layers[i].nnz);
             CHECK(info[i].bytes_after < info[i].bytes_before);
         }
+        check_pruned(m, 0.9);
         qn_model_unref(&m);
     }
-    /* 50% f32: CSR would not be smaller, so the layer stays dense... */
-    qn_model *m = compress(g_src, (qn_compress_opts){.prune = 0.5}, info);
+    /* 30% f32: CSR would not be smaller, so the layers stay dense... */
+    qn_model *m = compress(g_src, (qn_compress_opts){.prune = 0.3}, info);
     if (!m) return;
-    for (int i = 0; i < NL; i++) {
-        CHECK_EQ_INT(m->layers[i].rep, QN_REP_F32);
-        check_pruned(&m->layers[i], i, 0.5, &kept);
-    }
+    for (int i = 0; i < NL; i++) CHECK_EQ_INT(m->layers[i].rep, QN_REP_F32);
+    check_pruned(m, 0.3);
     qn_model_unref(&m);
     /* ...unless forced */
-    m = compress(g_src, (qn_compress_opts){.prune = 0.5, .force_csr = 1}, info);
+    m = compress(g_src, (qn_compress_opts){.prune = 0.3, .force_csr = 1}, info);
     if (!m) return;
-    for (int i = 0; i < NL; i++) {
-        CHECK_EQ_INT(m->layers[i].rep, QN_REP_CSR_F32);
-        check_pruned(&m->layers[i], i, 0.5, &kept);
-    }
+    for (int i = 0; i < NL; i++) CHECK_EQ_INT(m->layers[i].rep, QN_REP_CSR_F32);
+    check_pruned(m, 0.3);
     float *x = rand_x(40);
     qn_compress_eval ev;
     CHECK_EQ_INT(qn_compress_evaluate(g_src, m, x, 40, NULL, 0, &ev), 0);
-    CHECK(ev.max_abs > 0.0); /* pruning half the weights changes the outputs */
+    CHECK(ev.max_abs > 0.0); /* pruning changes the outputs */
     free(x);
     qn_model_unref(&m);
 }
