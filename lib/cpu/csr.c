@@ -24,7 +24,7 @@ static const struct { int64_t lo; double crit; } g_ranges[QN_CSR_NRANGES] = {
     {1, 0.10},   /* batch 1 (0.08-0.12): the gather-dot is gather-bound */
     {2, 0.15},   /* batch 2 (0.15) */
     {4, 0.30},   /* batch 4 (0.30) */
-    {8, 0.50},   /* batch 8 (0.50) */
+    {8, 0.40},   /* batch 8 (0.40-0.50) */
     {16, 0.50},  /* batches 16, 32, 64 (0.9, 0.7, 0.6) */
     {128, 0.35}, /* batch 256 (0.40) */
 };
