@@ -529,10 +529,10 @@ TEST(csr_decision)
     CHECK(!qn_kernel_csr_use_sparse(0.9, 256));
     /* the measured table: sparse pays at batch 1 only when very sparse, and
      * at mid densities once a batch shares each nonzero */
-    CHECK(!qn_kernel_csr_use_sparse(0.4, 1));
-    CHECK(qn_kernel_csr_use_sparse(0.4, 8));
-    CHECK(qn_kernel_csr_use_sparse(0.4, 64));
-    CHECK(!qn_kernel_csr_use_sparse(0.4, 256));
+    CHECK(!qn_kernel_csr_use_sparse(0.3, 1));
+    CHECK(qn_kernel_csr_use_sparse(0.3, 8));
+    CHECK(qn_kernel_csr_use_sparse(0.45, 64));
+    CHECK(!qn_kernel_csr_use_sparse(0.45, 256));
     /* each batch size is decided by exactly one range, and rows past the last
      * range still get a decision */
     for (int64_t b = 1; b <= 100000; b = b * 3 + 1) {
