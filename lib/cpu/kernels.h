@@ -25,10 +25,10 @@
  *    values are widened, Σ v·x is scaled by w_scale[o] once per output).
  *    Per layer and per batch-size range, prepare decides from measured
  *    crossover densities (bench/notes/kernels.md) whether to run the sparse
- *    kernel or a densified f32 copy with sgemm, keeps that copy only if some
- *    range uses it, and logs the decision.
- *  - QN_REP_F32: plain cblas_sgemm + fused epilogue (so callers may route
- *    every layer through here).
+ *    kernel or a densified f32 copy through the dense f32 path, keeps that
+ *    copy only if some range uses it, and logs the decision.
+ *  - QN_REP_F32: the backend's dense path, qn_cpu_dense_f32 (cpu/dense.h),
+ *    so callers may route every layer through here.
  *
  * Kernel paths: avx512vnni (AVX-512 F/BW/VL + VNNI), avxvnni (AVX2 + VEX
  * VNNI), avx2 (AVX2 + FMA + F16C), portable (C). The best the CPU supports is
@@ -98,7 +98,7 @@ int qn_kernel_layer_forward(const qn_layer *l, const float *x, int64_t rows, flo
 void qn_kernel_quantize_row(const float *x, int64_t n, uint8_t *q, float *scale, int32_t *zp);
 
 /* The sparse/dense decision for a CSR layer with this density (nnz / (in·out))
- * at this batch size: 1 = sparse kernel, 0 = densified sgemm. Reads
+ * at this batch size: 1 = sparse kernel, 0 = densified dense f32 path. Reads
  * QN_CSR=sparse|dense|auto (default auto: the measured crossovers). */
 int qn_kernel_csr_use_sparse(double density, int64_t rows);
 
