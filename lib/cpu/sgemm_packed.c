@@ -104,28 +104,35 @@ void qn_sgemm_packed_free(void *vp)
 /* Register budgets (sgemm_packed.h): the largest tiles each ISA instantiates. */
 static int tile_ok(qn_sgemm_isa isa, int mr, int nv)
 {
-    if (isa == QN_SGEMM_AVX512) return mr >= 1 && mr <= 12 && nv >= 1 && nv <= 4 && mr * nv <= 24;
-    if (isa == QN_SGEMM_AVX2) return mr >= 1 && mr <= 6 && nv >= 1 && nv <= 4 && mr * nv <= 6;
+    if (isa == QN_SGEMM_AVX512) return mr >= 1 && mr <= 8 && nv >= 1 && nv <= 4 && mr * nv <= 24;
+    if (isa == QN_SGEMM_AVX2)
+        return mr >= 1 && mr <= 6 && nv >= 1 && nv <= 4 && (mr == 1 || 2 * mr * nv + 2 * nv + 1 <= 16);
     return 0;
 }
 
-/* Fills the zero fields of o for this call. Tile: the ISA's largest row
- * count for many rows; for fewer rows, all of them in one tile, made wider so
+/* The widest tile (most panels) with mr rows that the ISA has; 0 if none. */
+static int widest(qn_sgemm_isa isa, int mr)
+{
+    for (int nv = 4; nv >= 1; nv--)
+        if (tile_ok(isa, mr, nv)) return nv;
+    return 0;
+}
+
+/* Fills the zero fields of o for this call. Tile: for many rows the ISA's
+ * main tile (AVX-512 8x3, AVX2 6x1: measured in bench/notes/sgemm.md); for
+ * fewer rows, all of them in one tile, as wide as the registers allow, so
  * that enough independent FMA chains hide the FMA latency. The row count per
  * tile is then balanced (17 rows with mr 8 run as 6+6+5, not 8+8+1). */
 static void resolve(qn_sgemm_opts *o, const qn_sgemm_packed *p, int64_t rows)
 {
-    int mrmax = o->isa == QN_SGEMM_AVX512 ? 8 : 6, budget = o->isa == QN_SGEMM_AVX512 ? 24 : 6;
+    const int avx512 = o->isa == QN_SGEMM_AVX512;
     if (!o->mr) {
-        int64_t cap = o->nv ? budget / o->nv : mrmax;
-        if (cap > mrmax) cap = mrmax;
+        int cap = avx512 ? 8 : 6;
+        while (o->nv && cap > 1 && !tile_ok(o->isa, cap, o->nv)) cap--;
         int64_t nb = (rows + cap - 1) / cap;
         o->mr = (int)((rows + nb - 1) / nb);
     }
-    if (!o->nv) {
-        int nv = o->isa == QN_SGEMM_AVX512 ? (o->mr >= 8 ? 2 : budget / o->mr) : budget / o->mr;
-        o->nv = nv > 4 ? 4 : nv;
-    }
+    if (!o->nv) o->nv = widest(o->isa, o->mr);
     if (!o->kc) o->kc = p->in;
     if (!o->mc) o->mc = rows;
 }

@@ -61,8 +61,8 @@ void qn_sgemm_packed_free(void *p);
 
 /* Tuning knobs for tests and benches; zero fields take the defaults. A tile
  * is mr rows x nv panels (nv*16 columns) of accumulators held in registers:
- * AVX-512 takes mr 1..12, nv 1..4, mr*nv <= 24 (zmm, 32 registers); AVX2
- * takes mr 1..6, nv 1..4, mr*nv <= 6 (two ymm per panel, 16 registers). K is
+ * AVX-512 takes mr 1..8, nv 1..4, mr*nv <= 24 (zmm, 32 registers); AVX2
+ * takes 1x1..1x4, 2x1, 2x2 and 3x1..6x1 (two ymm per panel, 16 registers). K is
  * processed kc at a time (partial sums kept in y between blocks), over blocks
  * of mc rows (mc >= mr). */
 typedef struct qn_sgemm_opts {

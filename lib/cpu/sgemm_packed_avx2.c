@@ -6,7 +6,7 @@
  * Same packed layout and loop structure as the AVX-512 file: a 16-column
  * panel row is two ymm here. A tile of MR rows x NV panels keeps 2*MR*NV ymm
  * accumulators (at most 12 of the 16 registers, leaving room for the panel
- * loads and the x broadcast); the FMAs run in the same order as the AVX-512
+ * loads and the x broadcast, see g_tiles); the FMAs run in the same order as the AVX-512
  * kernel's, so both give bit-identical results. */
 #include "cpu/sgemm_packed.h"
 
@@ -87,15 +87,18 @@ typedef void (*tile_fn)(const float *x, int64_t ldx, const float *w, int64_t pst
         tile(MR, NV, x, ldx, w, pstride, kc, y, ldy, ncols, bias, load, fin, relu);                        \
     }
 TILE_FN(1, 1) TILE_FN(2, 1) TILE_FN(3, 1) TILE_FN(4, 1) TILE_FN(5, 1) TILE_FN(6, 1)
-TILE_FN(1, 2) TILE_FN(2, 2) TILE_FN(3, 2)
-TILE_FN(1, 3) TILE_FN(2, 3)
+TILE_FN(1, 2) TILE_FN(2, 2)
+TILE_FN(1, 3)
 TILE_FN(1, 4)
 
-/* [mr][nv]; NULL where mr*nv > 6. */
+/* [mr][nv]: the tiles whose accumulators (2*mr*nv) plus panel loads (2*nv,
+ * kept in registers when mr > 1) plus the broadcast fit 16 ymm; with one row
+ * each panel load feeds a single FMA as a memory operand. 3x2 and 2x3 were
+ * measured to spill in the inner loop. */
 static const tile_fn g_tiles[7][5] = {
     [1] = {NULL, tile_1x1, tile_1x2, tile_1x3, tile_1x4},
-    [2] = {NULL, tile_2x1, tile_2x2, tile_2x3, NULL},
-    [3] = {NULL, tile_3x1, tile_3x2, NULL, NULL},
+    [2] = {NULL, tile_2x1, tile_2x2, NULL, NULL},
+    [3] = {NULL, tile_3x1, NULL, NULL, NULL},
     [4] = {NULL, tile_4x1, NULL, NULL, NULL},
     [5] = {NULL, tile_5x1, NULL, NULL, NULL},
     [6] = {NULL, tile_6x1, NULL, NULL, NULL},

@@ -87,21 +87,19 @@ typedef void (*tile_fn)(const float *x, int64_t ldx, const float *w, int64_t pst
     {                                                                                                      \
         tile(MR, NV, x, ldx, w, pstride, kc, y, ldy, ncols, bias, load, fin, relu);                        \
     }
-#define TILE_ROW(MR) TILE_FN(MR, 1) TILE_FN(MR, 2)
-TILE_ROW(1) TILE_ROW(2) TILE_ROW(3) TILE_ROW(4) TILE_ROW(5) TILE_ROW(6)
-TILE_ROW(7) TILE_ROW(8) TILE_ROW(9) TILE_ROW(10) TILE_ROW(11) TILE_ROW(12)
-TILE_FN(1, 3) TILE_FN(2, 3) TILE_FN(3, 3) TILE_FN(4, 3) TILE_FN(5, 3) TILE_FN(6, 3) TILE_FN(7, 3) TILE_FN(8, 3)
+#define TILE_ROW(MR) TILE_FN(MR, 1) TILE_FN(MR, 2) TILE_FN(MR, 3)
+TILE_ROW(1) TILE_ROW(2) TILE_ROW(3) TILE_ROW(4) TILE_ROW(5) TILE_ROW(6) TILE_ROW(7) TILE_ROW(8)
 TILE_FN(1, 4) TILE_FN(2, 4) TILE_FN(3, 4) TILE_FN(4, 4) TILE_FN(5, 4) TILE_FN(6, 4)
 
-/* [mr][nv]; NULL where mr*nv > 24 (would not fit the register file). */
-static const tile_fn g_tiles[13][5] = {
+/* [mr][nv]; NULL where mr*nv > 24, which would not fit the 32 zmm registers
+ * with the panel loads and the broadcast. mr stops at 8: past it the row
+ * addresses outgrow the general registers (spills in the inner loop). */
+static const tile_fn g_tiles[9][5] = {
 #define T4(m) [m] = {NULL, tile_##m##x1, tile_##m##x2, tile_##m##x3, tile_##m##x4}
 #define T3(m) [m] = {NULL, tile_##m##x1, tile_##m##x2, tile_##m##x3, NULL}
-#define T2(m) [m] = {NULL, tile_##m##x1, tile_##m##x2, NULL, NULL}
-    T4(1), T4(2), T4(3), T4(4), T4(5), T4(6), T3(7), T3(8), T2(9), T2(10), T2(11), T2(12),
+    T4(1), T4(2), T4(3), T4(4), T4(5), T4(6), T3(7), T3(8),
 #undef T4
 #undef T3
-#undef T2
 };
 
 void qn_sgemm_packed_avx512(const qn_sgemm_packed *p, const float *x, int64_t rows, const float *bias,
