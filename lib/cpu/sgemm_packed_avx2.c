@@ -16,75 +16,70 @@
 
 #include "cpu/epilogue.h"
 
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
+/* UNROLL / UNROLL_K and TILE_BODY as in sgemm_packed_avx512.c (see there
+ * why the tile is a macro with literal MR, NV). */
+#define UNROLL_STR(x) #x
+#if defined(__clang__)
+#define UNROLL(n) _Pragma("unroll")
+#define UNROLL_K(n) _Pragma(UNROLL_STR(unroll n))
+#else
+#define UNROLL(n) _Pragma(UNROLL_STR(GCC unroll n))
+#define UNROLL_K(n) _Pragma(UNROLL_STR(GCC unroll n))
+#endif
 
 /* Lanes j with j < c set (all-ones), for maskload/maskstore. */
-ALWAYS_INLINE __m256i lanes_below(int c)
+static inline __m256i lanes_below(int c)
 {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(c), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* One tile, as in sgemm_packed_avx512.c: y[0..MR-1][0..ncols-1] gets x times
- * the NV panels at w; load continues a previous K block's sums, fin adds the
- * bias and applies relu. Columns at or past ncols are never touched. */
-ALWAYS_INLINE void tile(const int MR, const int NV, const float *restrict x, int64_t ldx,
-                        const float *restrict w, int64_t pstride, int64_t kc, float *restrict y,
-                        int64_t ldy, int ncols, const float *restrict bias, int load, int fin, int relu)
-{
-    /* fixed sizes so that the fully unrolled loops keep them in registers */
-    __m256 acc[6][8];
-    __m256i mk[8];
-#pragma GCC unroll 8
-    for (int h = 0; h < 2 * NV; h++) mk[h] = lanes_below(ncols - 8 * h);
-#pragma GCC unroll 6
-    for (int m = 0; m < MR; m++)
-#pragma GCC unroll 8
-        for (int h = 0; h < 2 * NV; h++)
-            acc[m][h] = load ? _mm256_maskload_ps(y + m * ldy + 8 * h, mk[h]) : _mm256_setzero_ps();
-
-#pragma GCC unroll 2
-    for (int64_t k = 0; k < kc; k++) {
-        __m256 b[8];
-#pragma GCC unroll 8
-        for (int h = 0; h < 2 * NV; h++) b[h] = _mm256_load_ps(w + (h >> 1) * pstride + 16 * k + 8 * (h & 1));
-#pragma GCC unroll 6
-        for (int m = 0; m < MR; m++) {
-            __m256 a = _mm256_broadcast_ss(x + m * ldx + k);
-#pragma GCC unroll 8
-            for (int h = 0; h < 2 * NV; h++) acc[m][h] = _mm256_fmadd_ps(a, b[h], acc[m][h]);
-        }
-    }
-
-    if (fin) {
-        __m256 bv[8];
-        const __m256 zero = _mm256_setzero_ps();
-#pragma GCC unroll 8
-        for (int h = 0; h < 2 * NV; h++) bv[h] = bias ? _mm256_maskload_ps(bias + 8 * h, mk[h]) : zero;
-#pragma GCC unroll 6
-        for (int m = 0; m < MR; m++)
-#pragma GCC unroll 8
-            for (int h = 0; h < 2 * NV; h++) {
-                /* as qn_cpu_epilogue: y + b, then relu; max's second operand
-                 * wins for NaN and ±0, matching `y > 0 ? y : 0` */
-                if (bias) acc[m][h] = _mm256_add_ps(acc[m][h], bv[h]);
-                if (relu) acc[m][h] = _mm256_max_ps(acc[m][h], zero);
-            }
-    }
-#pragma GCC unroll 6
-    for (int m = 0; m < MR; m++)
-#pragma GCC unroll 8
-        for (int h = 0; h < 2 * NV; h++) _mm256_maskstore_ps(y + m * ldy + 8 * h, mk[h], acc[m][h]);
-}
+/* One tile, MR rows x NV panels = 2*NV ymm columns (h): y[0..MR-1][0..ncols-1]
+ * gets x times the NV panels at w; load continues a previous K block's sums,
+ * fin adds the bias and applies relu. Columns at or past ncols are never
+ * touched. */
+#define TILE_BODY(MR, NV)                                                                                   \
+    __m256 acc[MR][2 * NV];                                                                                 \
+    __m256i mk[2 * NV];                                                                                     \
+    UNROLL(8) for (int h = 0; h < 2 * NV; h++) mk[h] = lanes_below(ncols - 8 * h);                          \
+    UNROLL(6) for (int m = 0; m < MR; m++)                                                                  \
+    UNROLL(8) for (int h = 0; h < 2 * NV; h++)                                                              \
+        acc[m][h] = load ? _mm256_maskload_ps(y + m * ldy + 8 * h, mk[h]) : _mm256_setzero_ps();            \
+    UNROLL_K(2) for (int64_t k = 0; k < kc; k++)                                                            \
+    {                                                                                                       \
+        __m256 b[2 * NV];                                                                                   \
+        UNROLL(8) for (int h = 0; h < 2 * NV; h++)                                                          \
+            b[h] = _mm256_load_ps(w + (h >> 1) * pstride + 16 * k + 8 * (h & 1));                           \
+        UNROLL(6) for (int m = 0; m < MR; m++)                                                              \
+        {                                                                                                   \
+            __m256 a = _mm256_broadcast_ss(x + m * ldx + k);                                                \
+            UNROLL(8) for (int h = 0; h < 2 * NV; h++) acc[m][h] = _mm256_fmadd_ps(a, b[h], acc[m][h]);     \
+        }                                                                                                   \
+    }                                                                                                       \
+    if (fin) {                                                                                              \
+        /* as qn_cpu_epilogue: y + b, then relu; max's second operand wins                                  \
+         * for NaN and +-0, matching `y > 0 ? y : 0` */                                                     \
+        const __m256 zero = _mm256_setzero_ps();                                                            \
+        __m256 bv[2 * NV];                                                                                  \
+        UNROLL(8) for (int h = 0; h < 2 * NV; h++) bv[h] = bias ? _mm256_maskload_ps(bias + 8 * h, mk[h]) : zero; \
+        UNROLL(6) for (int m = 0; m < MR; m++)                                                              \
+        UNROLL(8) for (int h = 0; h < 2 * NV; h++)                                                          \
+        {                                                                                                   \
+            if (bias) acc[m][h] = _mm256_add_ps(acc[m][h], bv[h]);                                          \
+            if (relu) acc[m][h] = _mm256_max_ps(acc[m][h], zero);                                           \
+        }                                                                                                   \
+    }                                                                                                       \
+    UNROLL(6) for (int m = 0; m < MR; m++)                                                                  \
+    UNROLL(8) for (int h = 0; h < 2 * NV; h++) _mm256_maskstore_ps(y + m * ldy + 8 * h, mk[h], acc[m][h]);
 
 typedef void (*tile_fn)(const float *x, int64_t ldx, const float *w, int64_t pstride, int64_t kc, float *y,
                         int64_t ldy, int ncols, const float *bias, int load, int fin, int relu);
 
-#define TILE_FN(MR, NV)                                                                                    \
-    static void tile_##MR##x##NV(const float *x, int64_t ldx, const float *w, int64_t pstride, int64_t kc, \
-                                 float *y, int64_t ldy, int ncols, const float *bias, int load, int fin,   \
-                                 int relu)                                                                 \
-    {                                                                                                      \
-        tile(MR, NV, x, ldx, w, pstride, kc, y, ldy, ncols, bias, load, fin, relu);                        \
+#define TILE_FN(MR, NV)                                                                                      \
+    static void tile_##MR##x##NV(const float *restrict x, int64_t ldx, const float *restrict w,             \
+                                 int64_t pstride, int64_t kc, float *restrict y, int64_t ldy, int ncols,    \
+                                 const float *restrict bias, int load, int fin, int relu)                   \
+    {                                                                                                        \
+        TILE_BODY(MR, NV)                                                                                    \
     }
 TILE_FN(1, 1) TILE_FN(2, 1) TILE_FN(3, 1) TILE_FN(4, 1) TILE_FN(5, 1) TILE_FN(6, 1)
 TILE_FN(1, 2) TILE_FN(2, 2)
