@@ -3,9 +3,9 @@
  * The matrix product is our packed-weight kernel (sgemm_packed.h) where the
  * backend packed W at load and that kernel is faster for the shape, else
  * OpenBLAS's; bias and activation are fused (epilogue.h) while the output is
- * still in cache. Stateless and thread-safe:
- * concurrent calls on distinct outputs are fine (OpenBLAS's own thread count
- * is process-global, see cpu_backend.c). */
+ * still in cache. Stateless and thread-safe: concurrent calls on distinct
+ * outputs are fine (OpenBLAS's own thread count is process-global, see
+ * cpu_backend.c). */
 #ifndef QN_CPU_DENSE_H
 #define QN_CPU_DENSE_H
 
@@ -14,18 +14,20 @@
 #include "cpu/sgemm_packed.h"
 #include "model.h"
 
-/* Which BLAS routine computes x·Wᵀ. AUTO is what the backend uses: one
- * cblas_sgemv per row while rows <= qn_cpu_dense_gemv_rows(in, out), one
- * cblas_sgemm over the batch above. OpenBLAS 0.3.21's sgemm packs all of W on
- * every call; once W is past the L2 cache that costs more than streaming W
- * through sgemv once per row, up to a few rows (bench/notes/dense.md). The
- * forced paths exist so that bench_dense and the tests can measure and check
- * both. */
+/* Which routine computes x·Wᵀ. AUTO is what the backend uses: the packed
+ * kernel where there is a packing and it wins (qn_cpu_dense_f32_packed),
+ * else one cblas_sgemv per row while rows <= qn_cpu_dense_gemv_rows(in, out),
+ * one cblas_sgemm over the batch above. OpenBLAS 0.3.21's sgemm packs all of
+ * W on every call; once W is past the L2 cache that costs more than streaming
+ * W through sgemv once per row, up to a few rows (bench/notes/dense.md). The
+ * forced paths exist so that the benches and the tests can measure and check
+ * each. */
 typedef enum {
     QN_DENSE_AUTO = 0,
     QN_DENSE_GEMM, /* one cblas_sgemm over the batch */
     QN_DENSE_GEMV, /* one cblas_sgemv per row */
-    QN_DENSE_PACKED, /* qn_sgemm_packed_run on the packed W (default ISA) */
+    QN_DENSE_PACKED, /* qn_sgemm_packed_run on the packing (default ISA);
+                        needs qn_cpu_dense_f32_packed with one */
 } qn_dense_path;
 
 /* x [rows, in], w [out, in], bias [out] or NULL, y [rows, out], all
