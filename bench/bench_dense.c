@@ -72,7 +72,10 @@ static qn_model *model_new(const char *name, int64_t in, int n, const int64_t *o
 
 static void model_free(qn_model *m)
 {
-    for (int i = 0; i < m->nlayers; i++) free(m->layers[i].w), free(m->layers[i].bias);
+    for (int i = 0; i < m->nlayers; i++) {
+        if (m->layers[i].kernel_free) m->layers[i].kernel_free(m->layers[i].kernel_data);
+        free(m->layers[i].w), free(m->layers[i].bias);
+    }
     free(m->layers);
     free(m);
 }

@@ -18,6 +18,7 @@
 
 #include "cpu/dense.h"
 #include "cpu/kernels.h"
+#include "cpu/sgemm_packed.h"
 #include "error.h"
 #include "log.h"
 #include "tensor.h"
@@ -85,7 +86,11 @@ static int layer_prepare(qn_layer *l)
 static int layer_forward(const qn_layer *l, const float *x, int64_t rows, float *y, cpu_ctx *c)
 {
     switch (l->rep) {
-    case QN_REP_F32: return qn_cpu_dense_f32(x, rows, l->in, l->w, l->out, l->bias, l->act, y);
+    case QN_REP_F32: {
+        /* the packing cpu_model_prepare made, if any; dense.c picks per call */
+        const qn_sgemm_packed *pw = l->kernel_free == qn_sgemm_packed_free ? l->kernel_data : NULL;
+        return qn_cpu_dense_f32_packed(x, rows, l->in, l->w, pw, l->out, l->bias, l->act, y, QN_DENSE_AUTO);
+    }
     case QN_REP_F16:
     case QN_REP_I8:
     case QN_REP_CSR_F32:
@@ -95,9 +100,29 @@ static int layer_forward(const qn_layer *l, const float *x, int64_t rows, float 
     }
 }
 
+/* f32: packs W once for the packed-weight kernel (sgemm_packed.h) into the
+ * layer's kernel_data, which the model owns and frees at its last unref. The
+ * original w stays (other code reads it; BLAS still serves the shapes where
+ * it wins). Skipped when the packed kernel cannot run here (QN_SGEMM=blas, no
+ * AVX2); kept when a previous prepare made it. A failed packing only costs
+ * speed: that layer stays on BLAS. */
+static void pack_f32(qn_model *m, qn_layer *l, int i)
+{
+    if (qn_sgemm_isa_default() == QN_SGEMM_BLAS || l->kernel_data) return;
+    qn_sgemm_packed *pw = NULL;
+    int rc = qn_sgemm_pack(l->w, l->out, l->in, &pw);
+    if (rc) {
+        QN_LOGW("cpu", "model %s v%lld layer %d: packing f32 weights failed (%s), BLAS only", m->name,
+                (long long)m->version, i, qn_strerror(rc));
+        return;
+    }
+    l->kernel_data = pw;
+    l->kernel_free = qn_sgemm_packed_free;
+}
+
 /* Checks the whole model: a chain of layers whose widths agree, each one
- * runnable here. Leaves *state NULL: f32 needs nothing beyond the weights the
- * model owns. */
+ * runnable here, then packs f32 weights (pack_f32). Leaves *state NULL: what
+ * it makes lives in the layers. */
 static int cpu_model_prepare(qn_backend *be, qn_model *m, void **state)
 {
     char why[160] = "";
@@ -140,6 +165,8 @@ static int cpu_model_prepare(qn_backend *be, qn_model *m, void **state)
         rc = QN_ESHAPE;
         goto fail;
     }
+    for (int i = 0; i < m->nlayers; i++)
+        if (m->layers[i].rep == QN_REP_F32) pack_f32(m, &m->layers[i], i);
     return 0;
 fail:
     QN_LOGW("cpu", "model %s v%lld not runnable on cpu: %s (%s)", m->name, (long long)m->version, why,
@@ -149,8 +176,8 @@ fail:
 
 static void cpu_model_release(qn_backend *be, qn_model *m, void *state)
 {
-    /* Nothing to free: prepare keeps no state for f32. A kernel that packs
-     * weights at prepare time frees them here. */
+    /* Nothing to free: prepare keeps no state; packed f32 weights live in
+     * the layers (kernel_data) and go with the model. */
     (void)state;
 }
 
@@ -238,9 +265,10 @@ static const qn_backend_i cpu_iface = {
     /* name: what logs and --device print */
     .name = "cpu",
     /* model_prepare: validates the layer chain and that every layer's weight
-     * representation has a kernel here; no packing (state stays NULL) */
+     * representation has a kernel here; packs f32 weights into the layers'
+     * kernel_data (state stays NULL) */
     .model_prepare = cpu_model_prepare,
-    /* model_release: nothing to release while prepare keeps no state */
+    /* model_release: nothing: prepare keeps no state (packings are the model's) */
     .model_release = cpu_model_release,
     /* ctx_create / ctx_destroy: the per-thread ping-pong activation scratch */
     .ctx_create = cpu_ctx_create,

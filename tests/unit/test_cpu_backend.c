@@ -98,6 +98,8 @@ static void model_free(qn_model **pm)
     for (int i = 0; i < m->nlayers; i++) {
         free(m->layers[i].w);
         free(m->layers[i].bias);
+        /* what prepare packed (f32: sgemm_packed.h), as model.c's layer_free */
+        if (m->layers[i].kernel_free) m->layers[i].kernel_free(m->layers[i].kernel_data);
     }
     free(m->layers);
     free(m);
