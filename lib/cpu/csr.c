@@ -17,14 +17,18 @@
  * sparse kernel beat the dense f32 path (qn_cpu_dense_f32: per-row sgemv up
  * to 8 rows on this layer, sgemm above) at the representative batches in
  * the comment: avx512vnni path, 1024x1024 layer, single thread, taken on the
- * low side of what repeated runs gave (bench/notes/kernels.md). Not
- * monotone: sgemm at 16-32 rows still pays OpenBLAS's per-call packing of
- * all of W, where the sparse kernel runs at FMA speed. */
+ * low side of what repeated runs gave (bench/notes/csr.md for 1-15 rows,
+ * bench/notes/kernels.md above). Up to 8 rows the packed kernel runs; its
+ * cost per row falls with the batch (each packed step is shared by all
+ * rows) while per-row sgemv re-reads W for every row, so from 2 rows it won
+ * at every density tried (up to 0.9). Not monotone: sgemm at 16-32 rows
+ * still pays OpenBLAS's per-call packing of all of W, where the blocked
+ * sparse kernel runs at FMA speed. */
 static const struct { int64_t lo; double crit; } g_ranges[QN_CSR_NRANGES] = {
-    {1, 0.10},   /* batch 1 (0.08-0.12): the gather-dot is gather-bound */
-    {2, 0.15},   /* batch 2 (0.15) */
-    {4, 0.30},   /* batch 4 (0.30) */
-    {8, 0.40},   /* batch 8 (0.40-0.50) */
+    {1, 0.60},   /* batch 1 (f32 0.70, int8 0.60-0.70): packed kernel */
+    {2, 0.90},   /* batch 2 (>= 0.90) */
+    {4, 0.90},   /* batch 4 (>= 0.90) */
+    {8, 0.70},   /* batches 8 (>= 0.90, packed), 9 and 12 (>= 0.90), 15 (0.70-0.90, blocked) */
     {16, 0.50},  /* batches 16, 32, 64 (0.9, 0.7, 0.6) */
     {128, 0.35}, /* batch 256 (0.40) */
 };
