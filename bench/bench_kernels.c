@@ -359,7 +359,7 @@ static void run_spmm(void *p)
 
 /* Small batches in detail: per layer shape, density and batch size, the
  * dense f32 path against the sparse kernel the layer runs (packed below
- * QN_CSR_PACKED_BELOW rows), the transposed-block kernel on the same rows
+ * QN_CSR_PACKED_BELOW_* rows), the transposed-block kernel on the same rows
  * (the CSR arrays without the pack) and, at batch 1 on AVX-512, the previous
  * gather-dot kernel. */
 static void bench_csr_small(const double *dens, int nd)
@@ -369,8 +369,8 @@ static void bench_csr_small(const double *dens, int nd)
     void (*blocked)(const qn_csr_args *) = path == QN_KPATH_AVX512VNNI ? qn_csr_spmm_avx512
                                            : path == QN_KPATH_PORTABLE ? qn_csr_spmm_portable : qn_csr_spmm_avx2;
     printf("# csr-small: kernel  layer(out x in)  batch  us/call  GFLOP/s (dense-equivalent)  speed vs the dense f32 path (>1: sparse wins)\n");
-    printf("# csr_* = the layer's sparse forward (packed kernel up to %d rows, + bias/ReLU); blocked = transposed-block kernel without the pack; gather-dot = the previous batch-1 kernel\n",
-           QN_CSR_PACKED_BELOW - 1);
+    printf("# csr_* = the layer's sparse forward (packed kernel up to %d rows on avx512vnni, %d on avx2/avxvnni, + bias/ReLU); blocked = transposed-block kernel without the pack; gather-dot = the previous batch-1 kernel\n",
+           QN_CSR_PACKED_BELOW_AVX512 - 1, QN_CSR_PACKED_BELOW_AVX2 - 1);
     qn_kernel_scratch *s = NULL;
     if (qn_kernel_scratch_create(&s)) abort();
     setenv("QN_CSR", "sparse", 1);

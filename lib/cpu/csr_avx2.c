@@ -1,7 +1,7 @@
 /* csr_avx2.c: CSR SpMM with AVX2 + FMA (CMakeLists.txt flags), used on the
  * avx2 and avxvnni paths. Same structure as csr_avx512.c on 8-lane ymm:
- * the packed form (8-row blocks, 8-column windows, vpermps) up to 8 rows, transposed row blocks (16 or 64 rows,
- * 2 or 8 ymm per nonzero) otherwise. */
+ * the packed form (8-row blocks, 8-column windows, vpermps) up to 4 rows,
+ * transposed row blocks (16 or 64 rows, 2 or 8 ymm per nonzero) otherwise. */
 #include <immintrin.h>
 
 #include "cpu/kernels_impl.h"
@@ -139,7 +139,7 @@ static inline __attribute__((always_inline)) void block(const qn_csr_args *a, in
 
 static inline __attribute__((always_inline)) void run(const qn_csr_args *a, const int I8)
 {
-    if (a->pack && a->rows < QN_CSR_PACKED_BELOW) { run_packed(a, I8); return; }
+    if (a->pack && a->rows < QN_CSR_PACKED_BELOW_AVX2) { run_packed(a, I8); return; }
     int64_t r0 = 0;
     for (; a->rows - r0 >= 64; r0 += 64) block(a, r0, 64, 8, I8);
     for (; r0 < a->rows; r0 += 16) block(a, r0, a->rows - r0 < 16 ? a->rows - r0 : 16, 2, I8);

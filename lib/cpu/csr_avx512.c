@@ -1,6 +1,7 @@
 /* csr_avx512.c: CSR SpMM with AVX-512F (CMakeLists.txt flags), used on the
  * avx512vnni path. Up to 8 rows: the packed form built at prepare (register
- * permutes of x windows, no memory gathers; kernels_impl.h). Larger batches: rows are transposed in blocks (kernels_impl.h) and each nonzero
+ * permutes of x windows, no memory gathers; kernels_impl.h). Larger
+ * batches: rows are transposed in blocks (kernels_impl.h) and each nonzero
  * becomes broadcast(value) x 1 or 4 contiguous zmm of rows; a 16-row block
  * rotates 4 accumulators over the nonzeros so the FMA latency is hidden. */
 #include <immintrin.h>
@@ -139,7 +140,7 @@ static inline __attribute__((always_inline)) void block(const qn_csr_args *a, in
 
 static inline __attribute__((always_inline)) void run(const qn_csr_args *a, const int I8)
 {
-    if (a->pack && a->rows < QN_CSR_PACKED_BELOW) { run_packed(a, I8); return; }
+    if (a->pack && a->rows < QN_CSR_PACKED_BELOW_AVX512) { run_packed(a, I8); return; }
     int64_t r0 = 0;
     for (; a->rows - r0 >= 64; r0 += 64) block(a, r0, 64, 4, I8);
     for (; r0 < a->rows; r0 += 16) block(a, r0, a->rows - r0 < 16 ? a->rows - r0 : 16, 1, I8);

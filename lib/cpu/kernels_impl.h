@@ -99,9 +99,8 @@ typedef struct {
     float *scale;               /* ... [nblk * R] per-output scales (0 past out) */
 } qn_csr_pack;
 
-/* The packed kernels take at most this many rows per call (the driver splits
- * larger batches): one accumulator and one x window per row stay in
- * registers. */
+/* The packed kernels run at most this many rows at once (larger calls are
+ * split): one accumulator and one x window per row stay in registers. */
 #define QN_CSR_PACK_ROWS 8
 
 typedef struct {
@@ -118,10 +117,15 @@ typedef struct {
 
 /* Batched CSR transposes a block of rows to xt [in][RB] so that each nonzero
  * is one broadcast value times contiguous RB-row vectors; RB is 64 for full
- * blocks and 16 for the rest. Below QN_CSR_PACKED_BELOW rows the packed
- * kernel runs instead (x stays in registers, nothing is transposed). */
+ * blocks and 16 for the rest. Below QN_CSR_PACKED_BELOW rows (per ISA) the
+ * packed kernel runs instead (x stays in registers, nothing is transposed):
+ * on AVX-512 it beat the blocked kernel at 1-8 rows at every density
+ * measured; on AVX2 (8-column windows, twice the segments) only up to 4 rows
+ * (bench/notes/csr.md). */
 #define QN_CSR_RB_MAX 64
-#define QN_CSR_PACKED_BELOW 9
+#define QN_CSR_PACKED_BELOW_AVX512 9
+#define QN_CSR_PACKED_BELOW_AVX2 5
+#define QN_CSR_PACKED_BELOW QN_CSR_PACKED_BELOW_AVX512 /* the larger of the two */
 
 void qn_csr_spmm_portable(const qn_csr_args *a);
 void qn_csr_spmm_avx2(const qn_csr_args *a);
