@@ -24,8 +24,8 @@
  *  - QN_REP_CSR_F32 / QN_REP_CSR_I8: CSR SpMM with f32 activations (int8
  *    values are widened, Σ v·x is scaled by w_scale[o] once per output).
  *    On the SIMD paths prepare also builds a packed copy for small batches
- *    (kernels_impl.h; ~1-1.3x the CSR arrays' bytes at 10% density); the
- *    CSR arrays themselves are only read. Per layer and per batch-size
+ *    (kernels_impl.h; 0.8-1.7x the bytes of the CSR arrays at 10% density);
+ *    the CSR arrays themselves are only read. Per layer and per batch-size
  *    range, prepare decides from measured crossover densities
  *    (bench/notes/csr.md, bench/notes/kernels.md) whether to run the sparse
  *    kernel or a densified f32 copy through the dense f32 path, keeps that
