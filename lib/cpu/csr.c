@@ -84,21 +84,22 @@ static int cmp_col_at(const void *a, const void *b)
 static int pack_sorted(int64_t in, int64_t out, const int32_t *indptr, const int32_t *indices, const float *vf,
                        const int8_t *vi, const float *scale, int R, int W, qn_csr_pack **out_pack)
 {
+    const int i8 = scale != NULL;
     const int64_t nnz = indptr[out];
     int rc = QN_ENOMEM;
     int32_t *si = malloc((size_t)nnz * sizeof(int32_t) + 1);
-    float *sf = vf ? malloc((size_t)nnz * sizeof(float) + 1) : NULL;
-    int8_t *sv = vf ? NULL : malloc((size_t)nnz + 1);
+    float *sf = i8 ? NULL : malloc((size_t)nnz * sizeof(float) + 1);
+    int8_t *sv = i8 ? malloc((size_t)nnz + 1) : NULL;
     col_at *ca = malloc((size_t)nnz * sizeof(col_at) + 1);
-    if (!si || !ca || (vf ? !sf : !sv)) goto done;
+    if (!si || !ca || (i8 ? !sv : !sf)) goto done;
     for (int64_t o = 0; o < out; o++) {
         const int64_t p0 = indptr[o], n = indptr[o + 1] - p0;
         for (int64_t q = 0; q < n; q++) ca[q] = (col_at){indices[p0 + q], p0 + q};
         qsort(ca, (size_t)n, sizeof *ca, cmp_col_at);
         for (int64_t q = 0; q < n; q++) {
             si[p0 + q] = ca[q].col;
-            if (vf) sf[p0 + q] = vf[ca[q].at];
-            else sv[p0 + q] = vi[ca[q].at];
+            if (i8) sv[p0 + q] = vi[ca[q].at];
+            else sf[p0 + q] = vf[ca[q].at];
         }
     }
     rc = qn_csr_pack_build(in, out, indptr, si, sf, sv, scale, R, W, out_pack);
@@ -110,6 +111,7 @@ done:
 int qn_csr_pack_build(int64_t in, int64_t out, const int32_t *indptr, const int32_t *indices, const float *vf,
                       const int8_t *vi, const float *scale, int R, int W, qn_csr_pack **out_pack)
 {
+    const int i8 = scale != NULL;
     qn_csr_pack *p = calloc(1, sizeof *p);
     int64_t *cur = NULL; /* per lane: the next nonzero of its row not yet packed */
     int rc = QN_ENOMEM;
@@ -153,8 +155,8 @@ int qn_csr_pack_build(int64_t in, int64_t out, const int32_t *indptr, const int3
                         if (pass) {
                             const int64_t t = (nsteps + c) * R + j;
                             p->idx[t] = (uint8_t)(indices[cur[j]] - w * W);
-                            if (vf) p->vf[t] = vf[cur[j]];
-                            else p->vi[t] = vi[cur[j]];
+                            if (i8) p->vi[t] = vi[cur[j]];
+                            else p->vf[t] = vf[cur[j]];
                         }
                         c++;
                         cur[j]++;
@@ -171,14 +173,14 @@ int qn_csr_pack_build(int64_t in, int64_t out, const int32_t *indptr, const int3
         if (!pass) {
             p->nseg = nseg;
             p->nsteps = nsteps;
-            /* calloc: padding lanes are offset 0, value 0 */
+            /* zeroed: padding lanes are offset 0, value 0 */
             if (!(p->seg = calloc((size_t)nseg + 1, sizeof *p->seg))) goto fail;
             if (!(p->idx = qn_alloc_aligned((size_t)(nsteps * R) + 64, 1))) goto fail;
-            if (vf && !(p->vf = qn_alloc_aligned((size_t)(nsteps * R) * sizeof(float) + 64, 1))) goto fail;
-            if (!vf && !(p->vi = qn_alloc_aligned((size_t)(nsteps * R) + 64, 1))) goto fail;
+            if (!i8 && !(p->vf = qn_alloc_aligned((size_t)(nsteps * R) * sizeof(float) + 64, 1))) goto fail;
+            if (i8 && !(p->vi = qn_alloc_aligned((size_t)(nsteps * R) + 64, 1))) goto fail;
         }
     }
-    if (!vf) {
+    if (i8) {
         if (!(p->scale = qn_alloc_aligned((size_t)(p->nblk * R) * sizeof(float), 1))) goto fail;
         memcpy(p->scale, scale, (size_t)out * sizeof(float));
     }
@@ -246,7 +248,8 @@ int qn_csr_prepare(const qn_layer *l, qn_kpack *k)
     if (k->path != QN_KPATH_PORTABLE) {
         const int avx512 = k->path == QN_KPATH_AVX512VNNI;
         int rc = qn_csr_pack_build(in, l->out, l->csr_indptr, l->csr_indices, i8 ? NULL : l->csr_f32,
-                                   i8 ? l->csr_i8 : NULL, l->w_scale, avx512 ? 16 : 8, avx512 ? 32 : 8, &k->csrp);
+                                   i8 ? l->csr_i8 : NULL, i8 ? l->w_scale : NULL, avx512 ? 16 : 8, avx512 ? 32 : 8,
+                                   &k->csrp);
         if (rc) return rc;
     }
     QN_LOGI("kernels", "%s layer %lldx%lld (out x in), density %.3f: by batch size %s%s",

@@ -131,9 +131,11 @@ void qn_csr_spmm_portable(const qn_csr_args *a);
 void qn_csr_spmm_avx2(const qn_csr_args *a);
 void qn_csr_spmm_avx512(const qn_csr_args *a);
 
-/* Builds the packed form with R lanes and W-column windows (R <= 16, W <= 32,
- * W a power of two) from checked CSR arrays. 0 or QN_ENOMEM; *out is NULL on
- * failure. qn_csr_pack_free: NULL-safe. */
+/* Builds the packed form with R lanes and W-column windows (R <= 16, W <= 32)
+ * from checked CSR arrays: int8 values vi with per-output scale when scale
+ * is non-NULL, else f32 values vf (either may be NULL when there are no
+ * nonzeros). 0 or QN_ENOMEM; *out_pack is NULL on failure.
+ * qn_csr_pack_free: NULL-safe. */
 int qn_csr_pack_build(int64_t in, int64_t out, const int32_t *indptr, const int32_t *indices, const float *vf,
                       const int8_t *vi, const float *scale, int R, int W, qn_csr_pack **out_pack);
 void qn_csr_pack_free(qn_csr_pack *p);

@@ -599,6 +599,38 @@ TEST(csr_packed_small_batches)
     qn_kernel_scratch_destroy(&s);
 }
 
+/* A CSR layer with no nonzeros (and so no value or index arrays) is valid:
+ * y = act(bias) on every path and batch size. */
+TEST(csr_empty_layer)
+{
+    qn_kpath paths[QN_KPATH_COUNT];
+    const int np = supported_paths(paths);
+    qn_kernel_scratch *s = NULL;
+    CHECK_EQ_INT(qn_kernel_scratch_create(&s), 0);
+    int32_t indptr[4] = {0, 0, 0, 0};
+    float bias[3] = {0.5f, -1.0f, 2.0f}, sc[3] = {1, 1, 1}, x[9 * 5], y[9 * 3];
+    for (int i = 0; i < 45; i++) x[i] = (float)i;
+    setenv("QN_CSR", "sparse", 1);
+    for (int i8 = 0; i8 < 2; i8++)
+        for (int pi = 0; pi < np; pi++) {
+            qn_layer l = {.rep = i8 ? QN_REP_CSR_I8 : QN_REP_CSR_F32, .in = 5, .out = 3, .act = QN_ACT_RELU, .bias = bias,
+                          .csr_indptr = indptr, .w_scale = i8 ? sc : NULL, .nnz = 0};
+            CHECK_EQ_INT(qn_kernel_set_path(paths[pi]), 0);
+            CHECK_EQ_INT(qn_kernel_layer_prepare(&l), 0);
+            for (int64_t rows = 1; rows <= 9; rows++) {
+                CHECK_EQ_INT(qn_kernel_layer_forward(&l, x, rows, y, s), 0);
+                for (int64_t r = 0; r < rows; r++) {
+                    CHECK(y[r * 3] == 0.5f);
+                    CHECK(y[r * 3 + 1] == 0.0f);
+                    CHECK(y[r * 3 + 2] == 2.0f);
+                }
+            }
+            l.kernel_free(l.kernel_data);
+        }
+    unsetenv("QN_CSR");
+    qn_kernel_scratch_destroy(&s);
+}
+
 TEST(csr_decision)
 {
     unsetenv("QN_CSR");
@@ -700,6 +732,7 @@ int main(int argc, char **argv)
     RUN(f16_every_value);
     RUN(csr_all_paths);
     RUN(csr_packed_small_batches);
+    RUN(csr_empty_layer);
     RUN(csr_decision);
     RUN(prepare_errors);
     return qn_test_done();
