@@ -11,10 +11,13 @@
  * shape are sampled in turn (interleaved). The machine is shared, so read
  * ratios within one group, not absolute numbers across runs.
  *
- * Usage: bench_kernels [--quick] [--only dense|csr] [--samples N] [--sample-ms MS]
- *                      [--csr-batches 1,8,64,256]
+ * Usage: bench_kernels [--quick] [--only dense|csr|csr-small] [--samples N] [--sample-ms MS]
+ *                      [--csr-batches 1,8,64,256] [--csr-dens 0.05,0.1,0.2,0.3]
+ * (--only csr-small: 1024x1024 and 1024x256 at the --csr-dens densities and
+ * --csr-batches batch sizes, packed vs blocked vs previous gather kernel.)
  * Output: one line per measurement, "kernel layer batch us GFLOP/s ratio-vs-sgemm". */
 #include <cblas.h>
+#include <immintrin.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +29,7 @@
 #endif
 
 #include "cpu/kernels.h"
+#include "cpu/kernels_impl.h"
 #include "log.h"
 #include "tensor.h"
 
@@ -33,6 +37,8 @@ static int g_samples = 7;
 static int64_t g_csr_batches[16] = {1, 8, 64, 256};
 static int g_ncsr_batches = 4;
 static double g_sample_ms = 20.0;
+static double g_dens[16] = {0.05, 0.1, 0.2, 0.3};
+static int g_ndens = 4;
 
 typedef void (*bench_fn)(void *ctx);
 
@@ -311,6 +317,128 @@ static void bench_csr(int quick)
     qn_kernel_scratch_destroy(&s);
 }
 
+/* The batch-1 CSR kernel before the packed form (a masked vgatherdps dot
+ * product per output row), kept here only as the reference the packed
+ * kernel is measured against. */
+__attribute__((target("avx512f"))) static void gather_dot(const qn_csr_args *a)
+{
+    for (int64_t r = 0; r < a->rows; r++) {
+        const float *x = a->x + r * a->in;
+        for (int64_t o = 0; o < a->out; o++) {
+            const int64_t p1 = a->indptr[o + 1];
+            __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+            int64_t p = a->indptr[o];
+            for (; p + 32 <= p1; p += 32) {
+                __m512i i0 = _mm512_loadu_si512((const void *)(a->indices + p));
+                __m512i i1 = _mm512_loadu_si512((const void *)(a->indices + p + 16));
+                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a->vf + p), _mm512_i32gather_ps(i0, x, 4), acc0);
+                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a->vf + p + 16), _mm512_i32gather_ps(i1, x, 4), acc1);
+            }
+            for (; p < p1; p += 16) {
+                const int64_t n = p1 - p;
+                const __mmask16 m = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+                __m512i i0 = _mm512_maskz_loadu_epi32(m, a->indices + p);
+                __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, i0, x, 4);
+                acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a->vf + p), g, acc0);
+            }
+            a->y[r * a->out + o] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        }
+    }
+}
+
+typedef struct {
+    qn_csr_args a;
+    void (*fn)(const qn_csr_args *);
+} spmm_ctx;
+
+static void run_spmm(void *p)
+{
+    spmm_ctx *c = p;
+    c->fn(&c->a);
+}
+
+/* Small batches in detail: per layer shape, density and batch size, the
+ * dense f32 path against the sparse kernel the layer runs (packed below
+ * QN_CSR_PACKED_BELOW_* rows), the transposed-block kernel on the same rows
+ * (the CSR arrays without the pack) and, at batch 1 on AVX-512, the previous
+ * gather-dot kernel. */
+static void bench_csr_small(const double *dens, int nd)
+{
+    const int64_t shapes[2][2] = {{1024, 1024}, {1024, 256}};
+    const qn_kpath path = qn_kernel_path();
+    void (*blocked)(const qn_csr_args *) = path == QN_KPATH_AVX512VNNI ? qn_csr_spmm_avx512
+                                           : path == QN_KPATH_PORTABLE ? qn_csr_spmm_portable : qn_csr_spmm_avx2;
+    printf("# csr-small: kernel  layer(out x in)  batch  us/call  GFLOP/s (dense-equivalent)  speed vs the dense f32 path (>1: sparse wins)\n");
+    printf("# csr_* = the layer's sparse forward (packed kernel up to %d rows on avx512vnni, %d on avx2/avxvnni, + bias/ReLU); blocked = transposed-block kernel without the pack; gather-dot = the previous batch-1 kernel\n",
+           QN_CSR_PACKED_BELOW_AVX512 - 1, QN_CSR_PACKED_BELOW_AVX2 - 1);
+    qn_kernel_scratch *s = NULL;
+    if (qn_kernel_scratch_create(&s)) abort();
+    setenv("QN_CSR", "sparse", 1);
+    for (int si = 0; si < 2; si++) {
+        const int64_t out = shapes[si][0], in = shapes[si][1];
+        float *wd = qn_alloc_aligned((size_t)(out * in) * sizeof(float), 0);
+        for (int64_t i = 0; i < out * in; i++) wd[i] = rndf(-1.0f, 1.0f);
+        qn_layer lf = {.rep = QN_REP_F32, .in = in, .out = out, .act = QN_ACT_RELU, .w = wd};
+        if (qn_kernel_layer_prepare(&lf)) abort();
+        int32_t *indptr = malloc((size_t)(out + 1) * sizeof(int32_t)), *idx = malloc((size_t)(out * in) * sizeof(int32_t));
+        float *vf = malloc((size_t)(out * in) * sizeof(float)), *sc = malloc((size_t)out * sizeof(float));
+        int8_t *vi = malloc((size_t)(out * in));
+        for (int64_t o = 0; o < out; o++) sc[o] = 0.01f;
+        float *xt = qn_alloc_aligned((size_t)(in * QN_CSR_RB_MAX) * sizeof(float), 0);
+        for (int di = 0; di < nd; di++) {
+            int64_t nnz = 0;
+            indptr[0] = 0;
+            for (int64_t o = 0; o < out; o++) {
+                for (int64_t k = 0; k < in; k++)
+                    if (rndf(0.0f, 1.0f) < dens[di]) { idx[nnz] = (int32_t)k; vf[nnz] = rndf(-1.0f, 1.0f); vi[nnz] = (int8_t)(vf[nnz] * 127); nnz++; }
+                indptr[o + 1] = (int32_t)nnz;
+            }
+            qn_layer l[2];
+            for (int v = 0; v < 2; v++) {
+                l[v] = (qn_layer){.rep = v ? QN_REP_CSR_I8 : QN_REP_CSR_F32, .in = in, .out = out, .act = QN_ACT_RELU,
+                                  .csr_indptr = indptr, .csr_indices = idx, .csr_f32 = v ? NULL : vf, .csr_i8 = v ? vi : NULL,
+                                  .w_scale = v ? sc : NULL, .nnz = nnz};
+                if (qn_kernel_layer_prepare(&l[v])) abort();
+            }
+            for (int bi = 0; bi < g_ncsr_batches; bi++) {
+                const int64_t rows = g_csr_batches[bi];
+                float *x = qn_alloc_aligned((size_t)(rows * in) * sizeof(float), 0);
+                float *y = qn_alloc_aligned((size_t)(rows * out) * sizeof(float), 0);
+                for (int64_t i = 0; i < rows * in; i++) x[i] = rndf(0.0f, 1.0f);
+                group g = {0};
+                char name[5][64];
+                fwd_ctx cd = {&lf, x, rows, y, s}, c[2];
+                snprintf(name[0], sizeof name[0], "dense-f32 (d=%.2f)", dens[di]);
+                group_add(&g, name[0], run_fwd, &cd);
+                for (int v = 0; v < 2; v++) {
+                    c[v] = (fwd_ctx){&l[v], x, rows, y, s};
+                    snprintf(name[v + 1], sizeof name[v + 1], "%s d=%.2f", v ? "csr_i8" : "csr_f32", dens[di]);
+                    group_add(&g, name[v + 1], run_fwd, &c[v]);
+                }
+                spmm_ctx sb = {.a = {.rows = rows, .in = in, .out = out, .indptr = indptr, .indices = idx, .vf = vf,
+                                     .x = x, .xt = xt, .y = y}, .fn = blocked};
+                snprintf(name[3], sizeof name[3], "blocked_f32 d=%.2f", dens[di]);
+                group_add(&g, name[3], run_spmm, &sb);
+                spmm_ctx sg = sb;
+                sg.fn = gather_dot;
+                if (path == QN_KPATH_AVX512VNNI && rows == 1) {
+                    snprintf(name[4], sizeof name[4], "gather-dot_f32 d=%.2f", dens[di]);
+                    group_add(&g, name[4], run_spmm, &sg);
+                }
+                group_run(&g);
+                for (int i = 0; i < g.n; i++) report(g.name[i], out, in, rows, g.ns[i], g.ns[0]);
+                free(x);
+                free(y);
+            }
+            for (int v = 0; v < 2; v++) l[v].kernel_free(l[v].kernel_data);
+        }
+        lf.kernel_free(lf.kernel_data);
+        free(wd); free(indptr); free(idx); free(vf); free(vi); free(sc); free(xt);
+    }
+    unsetenv("QN_CSR");
+    qn_kernel_scratch_destroy(&s);
+}
+
 int main(int argc, char **argv)
 {
     /* libgomp (oneDNN's runtime) reads OMP_NUM_THREADS when it loads, before
@@ -326,12 +454,16 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) only = argv[++i];
         else if (strcmp(argv[i], "--samples") == 0 && i + 1 < argc) g_samples = atoi(argv[++i]);
         else if (strcmp(argv[i], "--sample-ms") == 0 && i + 1 < argc) g_sample_ms = atof(argv[++i]);
+        else if (strcmp(argv[i], "--csr-dens") == 0 && i + 1 < argc) {
+            g_ndens = 0;
+            for (char *t = strtok(argv[++i], ","); t && g_ndens < 16; t = strtok(NULL, ",")) g_dens[g_ndens++] = atof(t);
+        }
         else if (strcmp(argv[i], "--csr-batches") == 0 && i + 1 < argc) {
             g_ncsr_batches = 0;
             for (char *t = strtok(argv[++i], ","); t && g_ncsr_batches < 16; t = strtok(NULL, ","))
                 g_csr_batches[g_ncsr_batches++] = atoll(t);
         }
-        else { fprintf(stderr, "usage: %s [--quick] [--only dense|csr] [--samples N] [--sample-ms MS] [--csr-batches 1,8,64,256]\n", argv[0]); return 2; }
+        else { fprintf(stderr, "usage: %s [--quick] [--only dense|csr] [--samples N] [--sample-ms MS] [--csr-batches 1,8,64,256] [--csr-dens 0.05,0.1,0.2,0.3]\n", argv[0]); return 2; }
     }
     qn_log_init_from_env();
     qn_log_set_level(QN_LOG_WARN); /* the per-prepare sparse/dense log would drown the table */
@@ -343,5 +475,6 @@ int main(int argc, char **argv)
 #endif
     if (!only || strcmp(only, "dense") == 0) bench_dense(quick);
     if (!only || strcmp(only, "csr") == 0) bench_csr(quick);
+    if (only && strcmp(only, "csr-small") == 0) bench_csr_small(g_dens, g_ndens);
     return 0;
 }

@@ -1,39 +1,91 @@
 /* csr_avx2.c: CSR SpMM with AVX2 + FMA (CMakeLists.txt flags), used on the
  * avx2 and avxvnni paths. Same structure as csr_avx512.c on 8-lane ymm:
- * gather-dot per row for tiny batches, transposed row blocks (16 or 64 rows,
- * 2 or 8 ymm per nonzero) otherwise. */
+ * the packed form (8-row blocks, 8-column windows, vpermps) up to 4 rows,
+ * transposed row blocks (16 or 64 rows, 2 or 8 ymm per nonzero) otherwise. */
 #include <immintrin.h>
 
 #include "cpu/kernels_impl.h"
 
-static inline __attribute__((always_inline)) __m256 vals8(const qn_csr_args *a, int64_t p, const int I8)
+/* Rows r0 .. r0+NB-1 (NB <= 8) through the packed form (kernels_impl.h: 8
+ * output rows per ymm, 8-column windows in one ymm per input row, looked up
+ * with vpermps). */
+static inline __attribute__((always_inline)) void packed(const qn_csr_args *a, int64_t r0, const int NB, const int I8)
 {
-    if (I8) return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(a->vi + p))));
-    return _mm256_loadu_ps(a->vf + p);
+    const qn_csr_pack *pk = a->pack;
+    const int64_t in = a->in, out = a->out;
+    const float *x = a->x + r0 * in;
+    float *y = a->y + r0 * out;
+    const int ACC = NB == 1 ? 4 : NB <= 3 ? 2 : 1;
+    const uint8_t *ip = pk->idx;
+    const float *vp = pk->vf;
+    const int8_t *vq = pk->vi;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t b = 0; b < pk->nblk; b++) {
+        __m256 acc[4][8];
+#pragma GCC unroll 4
+        for (int c = 0; c < ACC; c++)
+#pragma GCC unroll 8
+            for (int r = 0; r < NB; r++) acc[c][r] = _mm256_setzero_ps();
+        for (int64_t g = pk->blk_seg[b]; g < pk->blk_seg[b + 1]; g++) {
+            const int64_t col = pk->seg[g].col, n = pk->seg[g].steps, rem = in - col;
+            __m256 xw[8];
+            if (rem >= 8) {
+#pragma GCC unroll 8
+                for (int r = 0; r < NB; r++) xw[r] = _mm256_loadu_ps(x + r * in + col);
+            } else {
+                const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rem), lane);
+#pragma GCC unroll 8
+                for (int r = 0; r < NB; r++) xw[r] = _mm256_maskload_ps(x + r * in + col, m);
+            }
+            int64_t s = 0;
+            for (; s + ACC <= n; s += ACC)
+#pragma GCC unroll 4
+                for (int c = 0; c < ACC; c++) {
+                    const __m256i iv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ip + (s + c) * 8)));
+                    const __m256 v = I8 ? _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(vq + (s + c) * 8))))
+                                        : _mm256_loadu_ps(vp + (s + c) * 8);
+#pragma GCC unroll 8
+                    for (int r = 0; r < NB; r++)
+                        acc[c][r] = _mm256_fmadd_ps(v, _mm256_permutevar8x32_ps(xw[r], iv), acc[c][r]);
+                }
+            for (; s < n; s++) {
+                const __m256i iv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ip + s * 8)));
+                const __m256 v = I8 ? _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(vq + s * 8))))
+                                    : _mm256_loadu_ps(vp + s * 8);
+#pragma GCC unroll 8
+                for (int r = 0; r < NB; r++) acc[0][r] = _mm256_fmadd_ps(v, _mm256_permutevar8x32_ps(xw[r], iv), acc[0][r]);
+            }
+            ip += n * 8;
+            if (I8) vq += n * 8;
+            else vp += n * 8;
+        }
+        const int64_t o0 = b * 8;
+        const __m256i mo = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(out - o0 < 8 ? out - o0 : 8)), lane);
+#pragma GCC unroll 8
+        for (int r = 0; r < NB; r++) {
+            __m256 t = acc[0][r];
+#pragma GCC unroll 4
+            for (int c = 1; c < ACC; c++) t = _mm256_add_ps(t, acc[c][r]);
+            if (I8) t = _mm256_mul_ps(t, _mm256_loadu_ps(pk->scale + o0));
+            if (out - o0 >= 8) _mm256_storeu_ps(y + r * out + o0, t);
+            else _mm256_maskstore_ps(y + r * out + o0, mo, t);
+        }
+    }
 }
 
-static inline __attribute__((always_inline)) void rows1(const qn_csr_args *a, const int I8)
+static inline __attribute__((always_inline)) void run_packed(const qn_csr_args *a, const int I8)
 {
-    for (int64_t r = 0; r < a->rows; r++) {
-        const float *x = a->x + r * a->in;
-        float *y = a->y + r * a->out;
-        for (int64_t o = 0; o < a->out; o++) {
-            const int64_t p1 = a->indptr[o + 1];
-            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-            int64_t p = a->indptr[o];
-            for (; p + 16 <= p1; p += 16) {
-                __m256i i0 = _mm256_loadu_si256((const __m256i *)(a->indices + p));
-                __m256i i1 = _mm256_loadu_si256((const __m256i *)(a->indices + p + 8));
-                acc0 = _mm256_fmadd_ps(vals8(a, p, I8), _mm256_i32gather_ps(x, i0, 4), acc0);
-                acc1 = _mm256_fmadd_ps(vals8(a, p + 8, I8), _mm256_i32gather_ps(x, i1, 4), acc1);
-            }
-            acc0 = _mm256_add_ps(acc0, acc1);
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            h = _mm_add_ss(h, _mm_movehdup_ps(h));
-            float v = _mm_cvtss_f32(h);
-            for (; p < p1; p++) v += (I8 ? (float)a->vi[p] : a->vf[p]) * x[a->indices[p]];
-            y[o] = I8 ? v * a->scale[o] : v;
+    for (int64_t r0 = 0; r0 < a->rows; r0 += QN_CSR_PACK_ROWS) {
+        const int64_t nb = a->rows - r0 < QN_CSR_PACK_ROWS ? a->rows - r0 : QN_CSR_PACK_ROWS;
+        switch (nb) {
+        case 1: packed(a, r0, 1, I8); break;
+        case 2: packed(a, r0, 2, I8); break;
+        case 3: packed(a, r0, 3, I8); break;
+        case 4: packed(a, r0, 4, I8); break;
+        case 5: packed(a, r0, 5, I8); break;
+        case 6: packed(a, r0, 6, I8); break;
+        case 7: packed(a, r0, 7, I8); break;
+        default: packed(a, r0, 8, I8); break;
         }
     }
 }
@@ -87,7 +139,7 @@ static inline __attribute__((always_inline)) void block(const qn_csr_args *a, in
 
 static inline __attribute__((always_inline)) void run(const qn_csr_args *a, const int I8)
 {
-    if (a->rows < QN_CSR_ROWWISE_BELOW) { rows1(a, I8); return; }
+    if (a->pack && a->rows < QN_CSR_PACKED_BELOW_AVX2) { run_packed(a, I8); return; }
     int64_t r0 = 0;
     for (; a->rows - r0 >= 64; r0 += 64) block(a, r0, 64, 8, I8);
     for (; r0 < a->rows; r0 += 16) block(a, r0, a->rows - r0 < 16 ? a->rows - r0 : 16, 2, I8);

@@ -47,6 +47,7 @@ static void pack_free(void *p)
     free(k->wscale);
     free(k->w16);
     free(k->dense);
+    qn_csr_pack_free(k->csrp);
     free(k);
 }
 

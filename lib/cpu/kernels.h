@@ -23,8 +23,11 @@
  *    order.
  *  - QN_REP_CSR_F32 / QN_REP_CSR_I8: CSR SpMM with f32 activations (int8
  *    values are widened, Σ v·x is scaled by w_scale[o] once per output).
- *    Per layer and per batch-size range, prepare decides from measured
- *    crossover densities (bench/notes/kernels.md) whether to run the sparse
+ *    On the SIMD paths prepare also builds a packed copy for small batches
+ *    (kernels_impl.h; 0.8-1.7x the bytes of the CSR arrays at 10% density);
+ *    the CSR arrays themselves are only read. Per layer and per batch-size
+ *    range, prepare decides from measured crossover densities
+ *    (bench/notes/csr.md, bench/notes/kernels.md) whether to run the sparse
  *    kernel or a densified f32 copy through the dense f32 path, keeps that
  *    copy only if some range uses it, and logs the decision.
  *  - QN_REP_F32: the backend's dense path, qn_cpu_dense_f32 (cpu/dense.h),

@@ -64,12 +64,52 @@ void qn_f16_gemm_f16c(const qn_f16_args *a);     /* AVX2 + FMA + F16C, ymm */
 void qn_f16_gemm_avx512(const qn_f16_args *a);   /* AVX-512F, zmm */
 
 /* ---- CSR (bias and activation are applied by the caller's epilogue) */
+
+/* Packed CSR for small batches ("row-block ELL per column window"), built at
+ * prepare from the CSR arrays for the AVX2 / AVX-512 paths. Outputs are
+ * grouped in blocks of R rows (one vector lane per output row: R = 16 zmm,
+ * 8 ymm) and the input in windows of W columns small enough to sit in
+ * registers (W = 32: two zmm, looked up with vpermt2ps; W = 8: one ymm,
+ * vpermps). For each block, each window holding a nonzero of one of its rows
+ * is a segment of `steps` = (most nonzeros any of the R rows has in that
+ * window) steps; step s carries, per lane, the s-th nonzero of that row in
+ * the window as a column offset within the window (idx, a byte) and its value
+ * (0 and offset 0 once the row has no more there). A step is then one
+ * register permute of the window (no memory gather) and one FMA into the
+ * block's accumulator, which needs no horizontal reduction.
+ *     block b: segments seg[blk_seg[b] .. blk_seg[b+1]), their steps in order
+ *     from step blk_step[b]; step t: idx[t*R .. t*R+R), v*[t*R .. t*R+R)
+ * Padding lanes multiply x[window start] by 0: an inf/NaN input there makes
+ * those outputs NaN, as the dense path would (the plain CSR kernels do not
+ * touch it). */
+typedef struct {
+    uint32_t col;               /* first column of the window (multiple of W) */
+    uint32_t steps;             /* 1 .. W */
+} qn_csr_seg;
+
+typedef struct {
+    int R, W;
+    int64_t nblk, nseg, nsteps;
+    int64_t *blk_seg;           /* [nblk + 1] */
+    int64_t *blk_step;          /* [nblk + 1] */
+    qn_csr_seg *seg;            /* [nseg] */
+    uint8_t *idx;               /* [nsteps * R] column offset in the window */
+    float *vf;                  /* [nsteps * R] f32 values, or NULL ... */
+    int8_t *vi;                 /* ... int8 values with ... */
+    float *scale;               /* ... [nblk * R] per-output scales (0 past out) */
+} qn_csr_pack;
+
+/* The packed kernels run at most this many rows at once (larger calls are
+ * split): one accumulator and one x window per row stay in registers. */
+#define QN_CSR_PACK_ROWS 8
+
 typedef struct {
     int64_t rows, in, out;
     const int32_t *indptr, *indices;
     const float *vf;            /* f32 values, or NULL ... */
     const int8_t *vi;           /* ... int8 values with ... */
     const float *scale;         /* ... per-output scales */
+    const qn_csr_pack *pack;    /* packed form for the path, or NULL (portable) */
     const float *x;             /* [rows, in] */
     float *xt;                  /* scratch: [in, QN_CSR_RB_MAX] transposed row block */
     float *y;                   /* [rows, out]: y = x·Wᵀ (no bias) */
@@ -77,14 +117,28 @@ typedef struct {
 
 /* Batched CSR transposes a block of rows to xt [in][RB] so that each nonzero
  * is one broadcast value times contiguous RB-row vectors; RB is 64 for full
- * blocks and 16 for the rest. Below QN_CSR_ROWWISE_BELOW rows each row is a
- * gather-dot instead (no transpose, no idle lanes). */
+ * blocks and 16 for the rest. Below QN_CSR_PACKED_BELOW rows (per ISA) the
+ * packed kernel runs instead (x stays in registers, nothing is transposed):
+ * on AVX-512 it beat the blocked kernel at 1-8 rows at every density
+ * measured; on AVX2 (8-column windows, twice the segments) only up to 4 rows
+ * (bench/notes/csr.md). */
 #define QN_CSR_RB_MAX 64
-#define QN_CSR_ROWWISE_BELOW 2
+#define QN_CSR_PACKED_BELOW_AVX512 9
+#define QN_CSR_PACKED_BELOW_AVX2 5
+#define QN_CSR_PACKED_BELOW QN_CSR_PACKED_BELOW_AVX512 /* the larger of the two */
 
 void qn_csr_spmm_portable(const qn_csr_args *a);
 void qn_csr_spmm_avx2(const qn_csr_args *a);
 void qn_csr_spmm_avx512(const qn_csr_args *a);
+
+/* Builds the packed form with R lanes and W-column windows (R <= 16, W <= 32)
+ * from checked CSR arrays: int8 values vi with per-output scale when scale
+ * is non-NULL, else f32 values vf (either may be NULL when there are no
+ * nonzeros). 0 or QN_ENOMEM; *out_pack is NULL on failure.
+ * qn_csr_pack_free: NULL-safe. */
+int qn_csr_pack_build(int64_t in, int64_t out, const int32_t *indptr, const int32_t *indices, const float *vf,
+                      const int8_t *vi, const float *scale, int R, int W, qn_csr_pack **out_pack);
+void qn_csr_pack_free(qn_csr_pack *p);
 
 /* Picks the path once (QN_KERNEL or the best), logging the choice. */
 qn_kpath qn_kernel_path_init(void);
@@ -106,6 +160,7 @@ typedef struct {
     float *wscale;              /* I8: [out16] */
     uint16_t *w16;              /* F16: packed panels */
     float *dense;               /* CSR: densified [out, in] f32, only if some range uses it */
+    qn_csr_pack *csrp;          /* CSR: packed small-batch form (AVX2 / AVX-512 paths) */
     unsigned char sparse[QN_CSR_NRANGES]; /* CSR: 1 = sparse kernel for that range */
 } qn_kpack;
 

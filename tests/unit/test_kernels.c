@@ -18,6 +18,7 @@
 
 #include "cpu/epilogue.h"
 #include "cpu/kernels.h"
+#include "cpu/kernels_impl.h"
 #include "error.h"
 #include "log.h"
 #include "qn_test.h"
@@ -520,6 +521,116 @@ TEST(csr_all_paths)
     qn_kernel_scratch_destroy(&s);
 }
 
+/* The packed small-batch kernels (and the blocked one just past them): one
+ * layer per (in, out, density), every SIMD path, rows 1 .. QN_CSR_PACKED_BELOW
+ * through the same prepared layer, against the double reference with the
+ * summation bound of csr_case. Widths straddle the window (8 / 32 columns)
+ * and lane-block (8 / 16 rows) sizes; `shuffle` permutes each row's columns
+ * (the format leaves their order free) so that the sorted-copy packing runs. */
+static void csr_rows_case(int64_t in, int64_t out, double density, int i8, int shuffle, const qn_kpath *paths, int np,
+                          qn_kernel_scratch *s)
+{
+    csr_layer t;
+    csr_make(&t, in, out, density, i8, QN_ACT_NONE, 1);
+    if (shuffle)
+        for (int64_t o = 0; o < out; o++) {
+            const int32_t p0 = t.indptr[o], n = t.indptr[o + 1] - p0;
+            for (int32_t q = n - 1; q > 0; q--) {
+                const int32_t j = (int32_t)(rnd() % (uint32_t)(q + 1));
+                int32_t ti = t.indices[p0 + q]; t.indices[p0 + q] = t.indices[p0 + j]; t.indices[p0 + j] = ti;
+                float tf = t.vf[p0 + q]; t.vf[p0 + q] = t.vf[p0 + j]; t.vf[p0 + j] = tf;
+                int8_t tv = t.vi[p0 + q]; t.vi[p0 + q] = t.vi[p0 + j]; t.vi[p0 + j] = tv;
+            }
+        }
+    const int64_t maxr = QN_CSR_PACKED_BELOW;
+    float *x = rand_x(maxr, in), *y = malloc((size_t)(maxr * out + 1) * sizeof(float));
+    double *z = malloc((size_t)(maxr * out) * sizeof(double)), *tol = malloc((size_t)(maxr * out) * sizeof(double));
+    for (int64_t r = 0; r < maxr; r++)
+        for (int64_t o = 0; o < out; o++) {
+            double acc = t.bias[o], mag = fabs(t.bias[o]);
+            const int64_t n = t.indptr[o + 1] - t.indptr[o];
+            for (int32_t p = t.indptr[o]; p < t.indptr[o + 1]; p++) {
+                const double v = i8 ? (double)t.vi[p] * t.scale[o] : t.vf[p];
+                acc += v * x[r * in + t.indices[p]];
+                mag += fabs(v * x[r * in + t.indices[p]]);
+            }
+            z[r * out + o] = acc;
+            tol[r * out + o] = (double)(n + 3) * 6e-8 * mag + 1e-30;
+        }
+    setenv("QN_CSR", "sparse", 1);
+    for (int pi = 0; pi < np; pi++) {
+        CHECK_EQ_INT(qn_kernel_set_path(paths[pi]), 0);
+        CHECK_EQ_INT(qn_kernel_layer_prepare(&t.l), 0);
+        /* the SIMD paths must have built the packed form */
+        CHECK(paths[pi] == QN_KPATH_PORTABLE || ((const qn_kpack *)t.l.kernel_data)->csrp != NULL);
+        for (int64_t rows = 1; rows <= maxr; rows++) {
+            for (int64_t i = 0; i <= rows * out; i++) y[i] = NAN;
+            CHECK_EQ_INT(qn_kernel_layer_forward(&t.l, x, rows, y, s), 0);
+            int bad = 0;
+            for (int64_t i = 0; i < rows * out; i++)
+                if (!(fabs(y[i] - z[i]) <= tol[i])) {
+                    if (bad < 5)
+                        fprintf(stderr, "  csr%s %s rows %lld %lldx%lld d=%.2f%s at %lld: %.9g vs %.9g tol %.3g\n",
+                                i8 ? "_i8" : "_f32", qn_kpath_name(paths[pi]), (long long)rows, (long long)out,
+                                (long long)in, density, shuffle ? " shuffled" : "", (long long)i, y[i], z[i], tol[i]);
+                    bad++;
+                }
+            CHECK_EQ_INT(bad, 0);
+            CHECK(isnan(y[rows * out])); /* nothing written past the output */
+        }
+    }
+    unsetenv("QN_CSR");
+    free(x); free(y); free(z); free(tol);
+    csr_free(&t);
+}
+
+TEST(csr_packed_small_batches)
+{
+    qn_kpath paths[QN_KPATH_COUNT];
+    const int np = supported_paths(paths);
+    qn_kernel_scratch *s = NULL;
+    CHECK_EQ_INT(qn_kernel_scratch_create(&s), 0);
+    const int64_t w[] = {1, 7, 33, 100, 1000, 1024};
+    const double dens[] = {0.01, 0.05, 0.1, 0.3, 0.5};
+    int n = 0;
+    for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 6; j++, n++)
+            csr_rows_case(w[i], w[j], dens[n % 5], n % 2, n % 7 == 3, paths, np, s);
+    qn_kernel_scratch_destroy(&s);
+}
+
+/* A CSR layer with no nonzeros (and so no value or index arrays) is valid:
+ * y = act(bias) on every path and batch size. */
+TEST(csr_empty_layer)
+{
+    qn_kpath paths[QN_KPATH_COUNT];
+    const int np = supported_paths(paths);
+    qn_kernel_scratch *s = NULL;
+    CHECK_EQ_INT(qn_kernel_scratch_create(&s), 0);
+    int32_t indptr[4] = {0, 0, 0, 0};
+    float bias[3] = {0.5f, -1.0f, 2.0f}, sc[3] = {1, 1, 1}, x[9 * 5], y[9 * 3];
+    for (int i = 0; i < 45; i++) x[i] = (float)i;
+    setenv("QN_CSR", "sparse", 1);
+    for (int i8 = 0; i8 < 2; i8++)
+        for (int pi = 0; pi < np; pi++) {
+            qn_layer l = {.rep = i8 ? QN_REP_CSR_I8 : QN_REP_CSR_F32, .in = 5, .out = 3, .act = QN_ACT_RELU, .bias = bias,
+                          .csr_indptr = indptr, .w_scale = i8 ? sc : NULL, .nnz = 0};
+            CHECK_EQ_INT(qn_kernel_set_path(paths[pi]), 0);
+            CHECK_EQ_INT(qn_kernel_layer_prepare(&l), 0);
+            for (int64_t rows = 1; rows <= 9; rows++) {
+                CHECK_EQ_INT(qn_kernel_layer_forward(&l, x, rows, y, s), 0);
+                for (int64_t r = 0; r < rows; r++) {
+                    CHECK(y[r * 3] == 0.5f);
+                    CHECK(y[r * 3 + 1] == 0.0f);
+                    CHECK(y[r * 3 + 2] == 2.0f);
+                }
+            }
+            l.kernel_free(l.kernel_data);
+        }
+    unsetenv("QN_CSR");
+    qn_kernel_scratch_destroy(&s);
+}
+
 TEST(csr_decision)
 {
     unsetenv("QN_CSR");
@@ -527,9 +638,11 @@ TEST(csr_decision)
     CHECK(qn_kernel_csr_use_sparse(0.01, 64));
     CHECK(!qn_kernel_csr_use_sparse(0.9, 1));
     CHECK(!qn_kernel_csr_use_sparse(0.9, 256));
-    /* the measured table: sparse pays at batch 1 only when very sparse, and
-     * at mid densities once a batch shares each nonzero */
-    CHECK(!qn_kernel_csr_use_sparse(0.3, 1));
+    /* the measured table: the packed kernel pays at batch 1 up to ~60%
+     * density, and to ~90% once 2-8 rows share each packed step */
+    CHECK(qn_kernel_csr_use_sparse(0.3, 1));
+    CHECK(!qn_kernel_csr_use_sparse(0.8, 1));
+    CHECK(qn_kernel_csr_use_sparse(0.85, 2));
     CHECK(qn_kernel_csr_use_sparse(0.3, 8));
     CHECK(qn_kernel_csr_use_sparse(0.45, 64));
     CHECK(!qn_kernel_csr_use_sparse(0.45, 256));
@@ -618,6 +731,8 @@ int main(int argc, char **argv)
     RUN(f16_all_paths);
     RUN(f16_every_value);
     RUN(csr_all_paths);
+    RUN(csr_packed_small_batches);
+    RUN(csr_empty_layer);
     RUN(csr_decision);
     RUN(prepare_errors);
     return qn_test_done();
