@@ -1,0 +1,51 @@
+/* dense.c: f32 dense layer = one OpenBLAS call over the batch + one fused
+ * bias/activation pass. Never allocates and keeps no state, so executor
+ * threads can call it concurrently on their own buffers. */
+#include "cpu/dense.h"
+
+#include <cblas.h>
+#include <limits.h>
+
+#include "cpu/epilogue.h"
+#include "error.h"
+
+/* rows == 1: which routine wins is measured by bench_dense (bench/notes/dense.md).
+ * Non-zero picks cblas_sgemv for a single row. */
+#ifndef QN_DENSE_GEMV_ROW1
+#define QN_DENSE_GEMV_ROW1 1
+#endif
+
+int qn_cpu_dense_f32(const float *x, int64_t rows, int64_t in, const float *w, int64_t out,
+                     const float *bias, qn_act act, float *y)
+{
+    return qn_cpu_dense_f32_path(x, rows, in, w, out, bias, act, y, QN_DENSE_AUTO);
+}
+
+int qn_cpu_dense_f32_path(const float *x, int64_t rows, int64_t in, const float *w, int64_t out,
+                          const float *bias, qn_act act, float *y, qn_dense_path path)
+{
+    /* OpenBLAS (non-ILP64, as Debian ships it) takes int dimensions. */
+    if (rows < 0 || in < 1 || out < 1 || rows > INT_MAX || in > INT_MAX || out > INT_MAX)
+        return QN_EINVAL;
+    if (rows == 0) return 0;
+    if (!x || !w || !y || (unsigned)act >= QN_ACT_COUNT) return QN_EINVAL;
+    if (path == QN_DENSE_AUTO) path = (rows == 1 && QN_DENSE_GEMV_ROW1) ? QN_DENSE_GEMV : QN_DENSE_GEMM;
+
+    switch (path) {
+    case QN_DENSE_GEMV:
+        if (rows != 1) return QN_EINVAL;
+        /* y = W·x: on the row-major [out, in] matrix this is NoTrans, and
+         * beta = 0 makes OpenBLAS store, not accumulate, so y's old bytes
+         * never matter. */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)out, (int)in, 1.0f, w, (int)in, x, 1, 0.0f, y, 1);
+        break;
+    case QN_DENSE_GEMM:
+        /* Y[rows, out] = X[rows, in] · W[out, in]ᵀ. */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)out, (int)in, 1.0f, x,
+                    (int)in, w, (int)in, 0.0f, y, (int)out);
+        break;
+    default: return QN_EINVAL;
+    }
+    qn_cpu_epilogue(y, rows, out, out, bias, act);
+    return 0;
+}
