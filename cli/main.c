@@ -1,0 +1,63 @@
+/* main.c: the `quern` CLI frame. Subcommands register themselves before main
+ * runs (QN_CLI_COMMAND in cli.h), so this file holds no list of them: it
+ * keeps the table, prints the usage and dispatches. It must never know what
+ * any subcommand does. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "log.h"
+
+#define QN_CLI_MAX_COMMANDS 32
+
+static const qn_cli_command *commands[QN_CLI_MAX_COMMANDS];
+static int n_commands;
+
+void qn_cli_register(const qn_cli_command *cmd)
+{
+    /* Registration runs in constructors, before main: a full table or a
+     * duplicate name is a build mistake, not a user error. */
+    QN_ASSERT(cmd && cmd->name && cmd->run);
+    QN_ASSERT(n_commands < QN_CLI_MAX_COMMANDS);
+    for (int i = 0; i < n_commands; i++) QN_ASSERT(strcmp(commands[i]->name, cmd->name) != 0);
+    commands[n_commands++] = cmd;
+}
+
+static int by_name(const void *a, const void *b)
+{
+    const qn_cli_command *x = *(const qn_cli_command *const *)a;
+    const qn_cli_command *y = *(const qn_cli_command *const *)b;
+    return strcmp(x->name, y->name);
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: quern <command> [options]\n\ncommands:\n");
+    for (int i = 0; i < n_commands; i++)
+        fprintf(out, "  quern %s\n", commands[i]->usage ? commands[i]->usage : commands[i]->name);
+    fprintf(out, "\n`quern <command> --help` describes a command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    qn_log_init_from_env();
+    /* constructor order is link order; sort so the usage reads the same on every build */
+    qsort(commands, (size_t)n_commands, sizeof commands[0], by_name);
+
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *name = argv[1];
+    if (!strcmp(name, "--help") || !strcmp(name, "-h") || !strcmp(name, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (int i = 0; i < n_commands; i++) {
+        if (!strcmp(commands[i]->name, name)) return commands[i]->run(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "quern: unknown command '%s'\n\n", name);
+    usage(stderr);
+    return 2;
+}

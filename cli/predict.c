@@ -1,0 +1,323 @@
+/* predict.c: `quern predict`: send one predict job built from a .npy or CSV
+ * file and print its result as a table. Meant for a person at a terminal
+ * (and for scripts through --output and the exit code), not for load: that
+ * is `quern bench`.
+ *
+ * ZeroMQ: a DEALER socket sends the job as a single frame (no empty
+ * delimiter, as a DEALER talking to a ROUTER does); the worker answers with
+ * the same envelope, so the reply arrives as a single frame too. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "cli.h"
+#include "error.h"
+#include "job.h"
+#include "npy.h"
+#include "tensor.h"
+
+#define PREDICT_USAGE                                                                         \
+    "predict --zmq ENDPOINT --model NAME --input FILE [--version N] [--timeout-ms N] [--id ID] " \
+    "[--output FILE.npy] [--max-rows N]"
+
+static void predict_help(FILE *out)
+{
+    fprintf(out,
+            "usage: quern " PREDICT_USAGE "\n\n"
+            "Sends one predict job and prints the result.\n\n"
+            "  --zmq ENDPOINT   a quern-worker's --zmq-bind endpoint, e.g. tcp://127.0.0.1:5555\n"
+            "  --model NAME     model name in the worker's repository\n"
+            "  --input FILE     .npy (1-D: one row; 2-D: rows x cols; f4/f8/i4/i8/u1) or CSV\n"
+            "                   (comma-separated numbers, optional header line)\n"
+            "  --version N      pin a model version (default: the latest)\n"
+            "  --timeout-ms N   how long to wait for the result (default 10000)\n"
+            "  --id ID          the job id (an integer or a string; default quern-predict-PID)\n"
+            "  --output FILE    also write the outputs to FILE as .npy (float32)\n"
+            "  --max-rows N     rows shown in the table (default 100, 0: all)\n\n"
+            "Exit status: 0 result ok, 1 error result / timeout / failure, 2 usage.\n");
+}
+
+/* Parses a whole string as an int64 in [lo, hi]. */
+static bool parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out)
+{
+    if (!s || !*s) return false;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+/* A softmax-shaped row set: every row non-negative, at most 1, summing to 1.
+ * Only then is an argmax column a class prediction rather than noise. */
+static bool looks_like_probabilities(const float *y, int64_t rows, int64_t cols)
+{
+    if (cols < 2) return false;
+    for (int64_t r = 0; r < rows; r++) {
+        double s = 0;
+        for (int64_t c = 0; c < cols; c++) {
+            float v = y[r * cols + c];
+            if (!(v >= 0.0f && v <= 1.0f)) return false;
+            s += v;
+        }
+        if (fabs(s - 1.0) > 1e-3) return false;
+    }
+    return true;
+}
+
+#define SHOW_COLS 10
+
+static void print_result(const qn_result_view *v, int64_t max_rows)
+{
+    printf("status   %s\n", qn_status_name(v->status));
+    if (v->model[0]) {
+        if (v->version > 0) printf("model    %s (version %" PRId64 ")\n", v->model, v->version);
+        else printf("model    %s\n", v->model);
+    }
+    printf("cached   %s\n", v->cached ? "yes" : "no");
+    if (!v->outputs) {
+        printf("outputs  none\n");
+        return;
+    }
+    printf("outputs  %" PRId64 " x %" PRId64 "\n\n", v->rows, v->cols);
+
+    const int64_t shown = v->cols > SHOW_COLS ? SHOW_COLS - 1 : v->cols;
+    const bool probs = looks_like_probabilities(v->outputs, v->rows, v->cols);
+    printf("%6s", "row");
+    for (int64_t c = 0; c < shown; c++) {
+        char name[32];
+        snprintf(name, sizeof name, "out%" PRId64, c);
+        printf("  %10s", name);
+    }
+    if (shown < v->cols) {
+        char name[32];
+        snprintf(name, sizeof name, "out%" PRId64, v->cols - 1);
+        printf("  %3s  %10s", "...", name);
+    }
+    if (probs) printf("  %6s  %8s", "argmax", "p");
+    printf("\n");
+
+    int64_t nrows = (max_rows > 0 && v->rows > max_rows) ? max_rows : v->rows;
+    for (int64_t r = 0; r < nrows; r++) {
+        const float *y = v->outputs + r * v->cols;
+        printf("%6" PRId64, r);
+        for (int64_t c = 0; c < shown; c++) printf("  %10.5g", y[c]);
+        if (shown < v->cols) printf("  %3s  %10.5g", "...", y[v->cols - 1]);
+        if (probs) {
+            int64_t best = 0;
+            for (int64_t c = 1; c < v->cols; c++)
+                if (y[c] > y[best]) best = c;
+            printf("  %6" PRId64 "  %8.4f", best, y[best]);
+        }
+        printf("\n");
+    }
+    if (nrows < v->rows)
+        printf("... %" PRId64 " more rows (--max-rows 0 shows all, --output FILE.npy saves them)\n",
+               v->rows - nrows);
+}
+
+/* Receives one whole message and returns its last frame (the payload, after
+ * any envelope) in *payload, which the caller closes. 0 or -1 (errno). */
+static int recv_payload(void *sock, zmq_msg_t *payload)
+{
+    zmq_msg_init(payload);
+    for (;;) {
+        zmq_msg_close(payload);
+        zmq_msg_init(payload);
+        if (zmq_msg_recv(payload, sock, 0) < 0) return -1;
+        if (!zmq_msg_more(payload)) return 0;
+    }
+}
+
+static int predict_run(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"zmq", required_argument, NULL, 'z'},       {"model", required_argument, NULL, 'm'},
+        {"input", required_argument, NULL, 'i'},     {"version", required_argument, NULL, 'V'},
+        {"timeout-ms", required_argument, NULL, 't'}, {"id", required_argument, NULL, 'I'},
+        {"output", required_argument, NULL, 'o'},    {"max-rows", required_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0},
+    };
+    const char *endpoint = NULL, *model = NULL, *input = NULL, *id_arg = NULL, *output = NULL;
+    int64_t version = 0, timeout_ms = 10000, max_rows = 100;
+    int ret = 1;
+    qn_matrix m = {0};
+    qn_buf msg = {0};
+    qn_result_view res = {0};
+    void *ctx = NULL, *sock = NULL;
+    zmq_msg_t reply;
+    bool reply_open = false;
+
+    optind = 1;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'z': endpoint = optarg; break;
+        case 'm': model = optarg; break;
+        case 'i': input = optarg; break;
+        case 'I': id_arg = optarg; break;
+        case 'o': output = optarg; break;
+        case 'V':
+            if (!parse_i64(optarg, 1, INT64_MAX, &version)) {
+                fprintf(stderr, "quern predict: --version wants a positive integer, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 't':
+            if (!parse_i64(optarg, 1, INT32_MAX, &timeout_ms)) {
+                fprintf(stderr, "quern predict: --timeout-ms wants a positive integer, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 'r':
+            if (!parse_i64(optarg, 0, INT64_MAX, &max_rows)) {
+                fprintf(stderr, "quern predict: --max-rows wants an integer >= 0, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 'h': predict_help(stdout); return 0;
+        default:
+            fprintf(stderr, "quern predict: unknown or incomplete option '%s'\n", argv[optind - 1]);
+            predict_help(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "quern predict: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!endpoint || !model || !input) {
+        fprintf(stderr, "quern predict: --zmq, --model and --input are required\n");
+        predict_help(stderr);
+        return 2;
+    }
+
+    qn_npy_error nerr;
+    int rc = qn_matrix_read(input, &m, &nerr);
+    if (rc) {
+        fprintf(stderr, "quern predict: %s\n", nerr.message);
+        goto out;
+    }
+
+    /* an id that parses as an integer travels as one */
+    char id_default[64];
+    int64_t id_int = 0;
+    const char *id_str = NULL;
+    if (!id_arg) {
+        snprintf(id_default, sizeof id_default, "quern-predict-%ld", (long)getpid());
+        id_str = id_default;
+    } else if (!parse_i64(id_arg, INT64_MIN, INT64_MAX, &id_int)) {
+        id_str = id_arg;
+    }
+    rc = qn_job_encode_predict(id_str, id_int, model, version, m.data, m.rows, m.cols, &msg);
+    if (rc) {
+        fprintf(stderr, "quern predict: cannot encode the job: %s\n", qn_strerror(rc));
+        goto out;
+    }
+
+    ctx = zmq_ctx_new();
+    sock = ctx ? zmq_socket(ctx, ZMQ_DEALER) : NULL;
+    if (!sock) {
+        fprintf(stderr, "quern predict: zmq: %s\n", zmq_strerror(errno));
+        goto out;
+    }
+    int linger = 0, sndtimeo = (int)timeout_ms;
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(sock, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo);
+    if (zmq_connect(sock, endpoint) != 0) {
+        fprintf(stderr, "quern predict: cannot connect to '%s': %s\n", endpoint, zmq_strerror(errno));
+        goto out;
+    }
+    uint64_t t0 = qn_now_ns();
+    if (zmq_send(sock, msg.data, msg.len, 0) < 0) {
+        fprintf(stderr, "quern predict: cannot send to %s: %s\n", endpoint, zmq_strerror(errno));
+        goto out;
+    }
+    uint64_t deadline = t0 + (uint64_t)timeout_ms * 1000000ull;
+    for (;;) {
+        uint64_t now = qn_now_ns();
+        if (now >= deadline) {
+            fprintf(stderr, "quern predict: no result from %s within %" PRId64
+                            " ms (is a worker bound there? --timeout-ms waits longer)\n",
+                    endpoint, timeout_ms);
+            goto out;
+        }
+        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+        long wait_ms = (long)((deadline - now + 999999) / 1000000);
+        int n = zmq_poll(&it, 1, wait_ms);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            fprintf(stderr, "quern predict: zmq_poll: %s\n", zmq_strerror(errno));
+            goto out;
+        }
+        if (n == 0) continue;
+        if (recv_payload(sock, &reply) < 0) {
+            fprintf(stderr, "quern predict: receive: %s\n", zmq_strerror(errno));
+            reply_open = true;
+            goto out;
+        }
+        reply_open = true;
+        rc = qn_result_decode(zmq_msg_data(&reply), zmq_msg_size(&reply), &res);
+        zmq_msg_close(&reply);
+        reply_open = false;
+        if (rc) {
+            fprintf(stderr, "quern predict: the reply is not a valid result message (%s)\n",
+                    qn_strerror(rc));
+            goto out;
+        }
+        bool mine = id_str ? (res.id_kind == QN_ID_STR && !strcmp(res.id_str, id_str))
+                           : ((res.id_kind == QN_ID_INT || res.id_kind == QN_ID_UINT) &&
+                              res.id_int == id_int);
+        /* a nil id is the worker saying it could not read our job at all */
+        if (mine || res.id_kind == QN_ID_NIL) break;
+        free(res.outputs);
+        memset(&res, 0, sizeof res);
+    }
+    double ms = (double)(qn_now_ns() - t0) / 1e6;
+
+    if (res.status != QN_STATUS_OK) {
+        printf("status   %s\n", qn_status_name(res.status));
+        if (res.model[0]) printf("model    %s\n", res.model);
+        fprintf(stderr, "quern predict: %s: %s: %s\n", qn_status_name(res.status),
+                res.code != QN_CODE_NONE ? qn_code_name(res.code) : "(no code)",
+                res.message[0] ? res.message : "(no message)");
+        goto out;
+    }
+    if (res.outputs && res.rows != m.rows)
+        fprintf(stderr, "quern predict: warning: %" PRId64 " input rows but %" PRId64 " output rows\n",
+                m.rows, res.rows);
+    print_result(&res, max_rows);
+    printf("\n%" PRId64 " rows in %.2f ms\n", m.rows, ms);
+    if (output) {
+        if (!res.outputs) {
+            fprintf(stderr, "quern predict: no outputs to write to %s\n", output);
+            goto out;
+        }
+        rc = qn_npy_write_f32(output, res.outputs, res.rows, res.cols);
+        if (rc) {
+            fprintf(stderr, "quern predict: cannot write %s: %s\n", output,
+                    rc == QN_EIO ? strerror(errno) : qn_strerror(rc));
+            goto out;
+        }
+    }
+    ret = 0;
+out:
+    if (reply_open) zmq_msg_close(&reply);
+    free(res.outputs);
+    qn_buf_free(&msg);
+    qn_matrix_free(&m);
+    if (sock) zmq_close(sock);
+    if (ctx) zmq_ctx_term(ctx);
+    return ret;
+}
+
+QN_CLI_COMMAND(predict, "predict", PREDICT_USAGE, predict_run)
