@@ -10,7 +10,7 @@ import time
 import uuid
 
 import msgpack
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from qn_harness import BUILD, Worker, predict_job  # noqa: F401  (re-exported)
 
@@ -55,10 +55,16 @@ class Mock:
         self.close()
 
 
+# The mock's group coordinator waits session.timeout.ms - 1 s for members to
+# rejoin on every rebalance (even after the last member left), so tests run
+# their workers with a short session timeout.
+GROUP_X = ["-X", "consumer.session.timeout.ms=4000", "-X", "consumer.heartbeat.interval.ms=500"]
+
+
 def kafka_worker(repo, bootstrap, *args, group="quern", topic="quern.jobs", wait_assigned=True, **kw):
     """A quern-worker on Kafka only; waits until it owns partitions."""
     w = Worker(repo, "--kafka-brokers", bootstrap, "--kafka-group", group, "--kafka-topic", topic,
-               *args, zmq_bind=None, **kw)
+               *GROUP_X, *args, zmq_bind=None, **kw)
     if wait_assigned:
         w.wait_for(r"kafka: assigned \d+ partition", 30)
     return w
@@ -88,16 +94,21 @@ def produce_jobs(p, topic, jobs, headers=None, keyed=True):
 
 
 class Collector:
-    """Consumes one or more topics from the beginning in a background thread
-    (its own fresh group), keeping every message."""
+    """Consumes every partition of one or more topics from the beginning in a
+    background thread, keeping every message. Partitions are assigned by
+    hand (no group), so the collector itself never waits on a rebalance."""
 
     def __init__(self, bootstrap, topics, **conf):
         c = {"bootstrap.servers": bootstrap, "group.id": "collector-" + uuid.uuid4().hex,
-             "auto.offset.reset": "earliest", "enable.auto.commit": False,
-             "topic.metadata.refresh.interval.ms": 1000}
+             "auto.offset.reset": "earliest", "enable.auto.commit": False}
         c.update(conf)
         self.consumer = Consumer(c)
-        self.consumer.subscribe(list(topics))
+        tps = []
+        for t in topics:
+            md = self.consumer.list_topics(t, timeout=10).topics[t]
+            assert not md.error and md.partitions, (t, md.error)
+            tps += [TopicPartition(t, p, OFFSET_BEGINNING) for p in md.partitions]
+        self.consumer.assign(tps)
         self.msgs = []
         self._cv = threading.Condition()
         self._stop = False
@@ -147,3 +158,41 @@ def committed(bootstrap, group, topic, partitions):
     tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
     c.close()
     return {tp.partition: tp.offset for tp in tps}
+
+
+class Stream:
+    """Produces jobs at a steady rate in a background thread, so a fault can
+    hit the middle of a stream whose rate the test knows."""
+
+    def __init__(self, bootstrap, topic, jobs, rate):
+        self.p = producer(bootstrap)
+        self.topic, self.jobs, self.rate = topic, jobs, rate
+        self.sent = 0
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        t0 = time.time()
+        for i, j in enumerate(self.jobs):
+            delay = t0 + i / self.rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            v = msgpack.packb(j, use_bin_type=True)
+            while True:
+                try:
+                    self.p.produce(self.topic, v, key=str(j["id"]))
+                    break
+                except BufferError:
+                    self.p.poll(0.05)
+            self.p.poll(0)
+            self.sent = i + 1
+        self.p.flush(30)
+
+    def wait_sent(self, count, timeout=60):
+        deadline = time.time() + timeout
+        while self.sent < count and time.time() < deadline:
+            time.sleep(0.05)
+        assert self.sent >= count, (self.sent, count)
+
+    def join(self):
+        self._t.join(120)
