@@ -41,6 +41,12 @@
 #include "tensor.h"
 
 #define BURST 256 /* messages taken per poll round */
+/* Backpressure: messages that do not fit the core's queue (or the in-flight
+ * bound) wait here, already fetched; past these the partitions are paused.
+ * Holding some before pausing matters: a pause drops librdkafka's prefetched
+ * messages and a resume must fetch them again (one broker round trip). */
+#define HOLD_MAX 1024
+#define HOLD_BYTES (8u << 20)
 #define HDR_CORR "kafka_correlationId"
 #define HDR_REPLY_TOPIC "kafka_replyTopic"
 #define HDR_REPLY_PART "kafka_replyPartition"
@@ -95,7 +101,7 @@ typedef struct kt {
     kpart **parts; /* current epoch, indexed by partition */
     int nparts;
     rd_kafka_message_t **held; /* fetched, not yet admitted (FIFO) */
-    size_t nheld, held_cap;
+    size_t nheld, held_cap, held_bytes;
     qn_job *front_job; /* held[0] decoded, when front_valid */
     int front_rc;
     qn_decode_error front_err;
@@ -719,6 +725,7 @@ static int hold(kt *t, rd_kafka_message_t *m)
         t->held_cap = n;
     }
     t->held[t->nheld++] = m;
+    t->held_bytes += m->len;
     return 0;
 }
 
@@ -734,6 +741,7 @@ static void drop_held(kt *t, const rd_kafka_topic_partition_list_t *only)
                 qn_job_free(&t->front_job);
                 t->front_valid = false;
             }
+            t->held_bytes -= m->len;
             rd_kafka_message_destroy(m);
         } else {
             t->held[w++] = m;
@@ -746,7 +754,12 @@ static void drop_held(kt *t, const rd_kafka_topic_partition_list_t *only)
 static void admit_held(kt *t)
 {
     size_t i = 0;
-    while (i < t->nheld && try_admit(t, t->held[i])) i++;
+    while (i < t->nheld) {
+        size_t len = t->held[i]->len;
+        if (!try_admit(t, t->held[i])) break;
+        t->held_bytes -= len;
+        i++;
+    }
     memmove(t->held, t->held + i, (t->nheld - i) * sizeof *t->held);
     t->nheld -= i;
 }
@@ -769,7 +782,7 @@ static void on_message(kt *t, rd_kafka_message_t *m)
         QN_LOGE("kafka", "out of memory holding a message; left uncommitted");
         rd_kafka_message_destroy(m);
     }
-    set_paused(t, true);
+    if (t->nheld >= HOLD_MAX || t->held_bytes >= HOLD_BYTES) set_paused(t, true);
 }
 
 /* ------------------------------------------------------------ rebalances */
@@ -850,17 +863,24 @@ static void *io_main(void *arg)
             set_paused(t, true);
         }
         admit_held(t);
-        if (t->paused && intake && t->nheld == 0 &&
-            atomic_load(&t->inflight) <= t->max_inflight / 2 &&
-            qn_core_queued_rows(t->core) <= qn_core_queue_limit(t->core) / 2)
+        /* Resume early enough that the refetch overlaps the held backlog. */
+        if (t->paused && intake && t->nheld <= HOLD_MAX / 4 && t->held_bytes <= HOLD_BYTES / 4)
             set_paused(t, false);
 
-        if (t->nheld > 0 || !intake) {
+        if (t->paused || !intake) {
             /* Blocked: wait for results to leave, but keep serving the
              * group (rebalances arrive through the consumer queue). */
-            rd_kafka_poll(t->producer, 2);
+            rd_kafka_poll(t->producer, 1);
             rd_kafka_message_t *m = rd_kafka_consumer_poll(t->consumer, 0);
             if (m) on_message(t, m);
+        } else if (t->nheld > 0) {
+            /* Waiting for room: keep fetching into the hold, a little slower. */
+            rd_kafka_poll(t->producer, 1);
+            rd_kafka_message_t *m = rd_kafka_consumer_poll(t->consumer, 0);
+            for (int i = 0; m && i < BURST; i++) {
+                on_message(t, m);
+                m = i + 1 < BURST ? rd_kafka_consumer_poll(t->consumer, 0) : NULL;
+            }
         } else {
             rd_kafka_message_t *m = rd_kafka_consumer_poll(t->consumer, 5);
             for (int i = 0; m && i < BURST; i++) {
@@ -1098,7 +1118,11 @@ int qn_kafka_transport_create(const qn_kafka_opts *o, qn_core *core, qn_transpor
     if (set(cc, "group.id", t->group) ||
         set(cc, "partition.assignment.strategy", "cooperative-sticky") ||
         set(cc, "enable.auto.commit", "false") || set(cc, "enable.auto.offset.store", "false") ||
-        set(cc, "auto.offset.reset", "earliest") || set(cc, "fetch.wait.max.ms", "100") ||
+        set(cc, "auto.offset.reset", "earliest") ||
+        /* The mock answers an empty fetch only when fetch.wait.max.ms runs
+         * out (a real broker answers as soon as data arrives), so there the
+         * wait is latency: bench/notes/kafka.md. */
+        set(cc, "fetch.wait.max.ms", t->mock ? "10" : "100") ||
         apply_x(t, o, 1, cc))
         goto fail;
     rd_kafka_conf_set_rebalance_cb(cc, rebalance_cb);
