@@ -51,8 +51,16 @@ int main(int argc, char **argv)
     }
     const char *name = argv[1];
     if (!strcmp(name, "--help") || !strcmp(name, "-h") || !strcmp(name, "help")) {
-        usage(stdout);
-        return 0;
+        if (argc < 3) {
+            usage(stdout);
+            return 0;
+        }
+        /* `quern help CMD` is `quern CMD --help` */
+        static char help_flag[] = "--help";
+        char *hargv[3] = {argv[2], help_flag, NULL};
+        for (int i = 0; i < n_commands; i++)
+            if (!strcmp(commands[i]->name, argv[2])) return commands[i]->run(2, hargv);
+        name = argv[2];
     }
     for (int i = 0; i < n_commands; i++) {
         if (!strcmp(commands[i]->name, name)) return commands[i]->run(argc - 1, argv + 1);

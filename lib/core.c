@@ -22,6 +22,13 @@ struct qn_core {
     qn_executor *exec;
     atomic_int_fast64_t inflight;
     atomic_int stopped;
+    int direct;          /* direct path enabled */
+};
+
+struct qn_core_local {
+    void *ctx;           /* backend context of the owning thread */
+    qn_batch staged;     /* jobs waiting for the end of the receive burst */
+    qn_batch_scratch scratch;
 };
 
 void qn_core_opts_default(qn_core_opts *o)
@@ -32,6 +39,15 @@ void qn_core_opts_default(qn_core_opts *o)
     o->batch.queue_limit_rows = QN_BATCHER_DEFAULT_QUEUE_LIMIT;
     o->threads = 1;
     o->limits.max_message_bytes = QN_DEFAULT_MAX_MESSAGE;
+    o->direct_max_flops = QN_CORE_DEFAULT_DIRECT_MAX_FLOPS;
+    o->direct_idle_rows = QN_CORE_DEFAULT_DIRECT_IDLE_ROWS;
+}
+
+/* Remembers an ok, computed result for later identical jobs. */
+static void cache_put(qn_core *c, qn_job *job, const qn_result *res)
+{
+    if (c->o.cache && job->cache_key_valid && res->status == QN_STATUS_OK && !res->cached)
+        qn_cache_put(c->o.cache, job->cache_key, res->rows, res->cols, res->outputs);
 }
 
 /* The one place a job ends: answer, drop the model reference, free. */
@@ -54,8 +70,15 @@ void qn_core_reply_error(qn_job *job, qn_status status, qn_code code, const char
 static void core_finish(void *ud, qn_job *job, const qn_result *res)
 {
     qn_core *c = ud;
+    cache_put(c, job, res);
     job_end(job, res);
     atomic_fetch_sub(&c->inflight, 1);
+}
+
+static void core_batch_done(void *ud)
+{
+    qn_core *c = ud;
+    if (c->o.cache) qn_cache_flush(c->o.cache); /* one write transaction per batch */
 }
 
 int qn_core_create(const qn_core_opts *opts, qn_registry *reg, qn_backend *be, qn_core **out)
@@ -68,9 +91,10 @@ int qn_core_create(const qn_core_opts *opts, qn_registry *reg, qn_backend *be, q
     if (c->o.limits.max_message_bytes == 0) c->o.limits.max_message_bytes = QN_DEFAULT_MAX_MESSAGE;
     c->reg = reg;
     c->be = be;
+    c->direct = opts->direct_max_flops > 0 && opts->batch.max_delay_us == 0;
     int rc = qn_batcher_create(&opts->batch, &c->batcher);
     if (rc) goto fail;
-    qn_executor_hooks h = {.ud = c, .finish = core_finish};
+    qn_executor_hooks h = {.ud = c, .finish = core_finish, .batch_done = core_batch_done};
     rc = qn_executor_start(c->batcher, be, opts->threads, &h, &c->exec);
     if (rc) goto fail;
     *out = c;
@@ -98,7 +122,58 @@ void qn_core_destroy(qn_core **pc)
     *pc = NULL;
 }
 
-static void admit(qn_core *c, qn_job *job)
+static void stage(qn_core *c, qn_core_local *l, qn_job *job);
+
+/* Hands an admitted job to the batcher, or answers why not. */
+static void enqueue(qn_core *c, qn_job *job)
+{
+    char msg[256];
+    atomic_fetch_add(&c->inflight, 1);
+    int rc = qn_batcher_push(c->batcher, job);
+    if (rc == 0) return;
+    atomic_fetch_sub(&c->inflight, 1);
+    if (rc == QN_EFULL) {
+        snprintf(msg, sizeof msg, "queue full: %lld rows queued, limit %lld",
+                 (long long)qn_batcher_queued_rows(c->batcher),
+                 (long long)qn_batcher_queue_limit(c->batcher));
+        qn_core_reply_error(job, QN_STATUS_REJECTED, QN_CODE_OVERLOADED, msg);
+    } else if (rc == QN_ECLOSED) {
+        qn_core_reply_error(job, QN_STATUS_REJECTED, QN_CODE_OVERLOADED, "worker is shutting down");
+    } else {
+        qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_INTERNAL, qn_strerror(rc));
+    }
+}
+
+static int64_t flops_per_row(const qn_model *m)
+{
+    int64_t f = 0;
+    for (int i = 0; i < m->nlayers; i++) f += 2 * m->layers[i].in * m->layers[i].out;
+    return f;
+}
+
+/* Answers job from the cache if it is there (returns 1). Keys on the
+ * version that serves the job, so another version never sees its entries. */
+static int cache_lookup(qn_core *c, qn_job *job, qn_model *m)
+{
+    if (qn_cache_key(m->name, m->version, job->rows, job->cols, job->inputs, job->cache_key) != 0)
+        return 0;
+    job->cache_key_valid = true;
+    int64_t n = job->rows * m->out_dim;
+    float stackbuf[1024];
+    float *out = n <= 1024 ? stackbuf : malloc((size_t)n * sizeof(float));
+    if (!out) return 0;
+    int hit = qn_cache_get_into(c->o.cache, job->cache_key, job->rows, m->out_dim, out) == 0;
+    if (hit) {
+        qn_result res = {.type = QN_RESULT_FINAL, .status = QN_STATUS_OK, .id = &job->id,
+                         .model = m->name, .version = m->version, .rows = job->rows,
+                         .cols = m->out_dim, .outputs = out, .cached = true};
+        job_end(job, &res);
+    }
+    if (out != stackbuf) free(out);
+    return hit;
+}
+
+static void admit(qn_core *c, qn_core_local *l, qn_job *job)
 {
     char msg[256];
     if (job->type != QN_JOB_PREDICT) {
@@ -135,39 +210,37 @@ static void admit(qn_core *c, qn_job *job)
         qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_SHAPE_MISMATCH, msg);
         return;
     }
-    atomic_fetch_add(&c->inflight, 1);
-    rc = qn_batcher_push(c->batcher, job);
-    if (rc == 0) return;
-    atomic_fetch_sub(&c->inflight, 1);
-    if (rc == QN_EFULL) {
-        snprintf(msg, sizeof msg, "queue full: %lld rows queued, limit %lld",
-                 (long long)qn_batcher_queued_rows(c->batcher),
-                 (long long)qn_batcher_queue_limit(c->batcher));
-        qn_core_reply_error(job, QN_STATUS_REJECTED, QN_CODE_OVERLOADED, msg);
-    } else if (rc == QN_ECLOSED) {
-        qn_core_reply_error(job, QN_STATUS_REJECTED, QN_CODE_OVERLOADED, "worker is shutting down");
-    } else {
-        qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_INTERNAL, qn_strerror(rc));
+    if (c->o.cache && job->cache && cache_lookup(c, job, m)) return;
+    if (l && c->direct && job->rows <= c->o.batch.queue_limit_rows) {
+        /* Staged for the end of the receive burst, where qn_core_local_flush
+         * decides between this thread and the executors. A job larger than
+         * the whole queue limit goes to the batcher, which refuses it. */
+        stage(c, l, job);
+        return;
     }
+    enqueue(c, job);
 }
 
-void qn_core_submit(qn_core *c, qn_job *job)
+static void submit(qn_core *c, qn_core_local *l, qn_job *job)
 {
     if (atomic_load(&c->stopped)) {
         qn_core_reply_error(job, QN_STATUS_REJECTED, QN_CODE_OVERLOADED, "worker is shutting down");
         return;
     }
-    admit(c, job);
+    admit(c, l, job);
 }
 
-void qn_core_submit_bytes(qn_core *c, const void *buf, size_t len, const qn_origin *origin)
+void qn_core_submit(qn_core *c, qn_job *job) { submit(c, NULL, job); }
+
+static void submit_bytes(qn_core *c, qn_core_local *l, const void *buf, size_t len,
+                         const qn_origin *origin)
 {
     qn_job *job = NULL;
     qn_decode_error err = {0};
     int rc = qn_job_decode(buf, len, &c->o.limits, &job, &err);
     if (rc == 0) {
         job->origin = *origin;
-        qn_core_submit(c, job);
+        submit(c, l, job);
         return;
     }
     if (!job) job = qn_job_new(0, 0);
@@ -189,3 +262,98 @@ void qn_core_submit_bytes(qn_core *c, const void *buf, size_t len, const qn_orig
 int64_t qn_core_inflight(qn_core *c) { return atomic_load(&c->inflight); }
 int64_t qn_core_queued_rows(qn_core *c) { return qn_batcher_queued_rows(c->batcher); }
 int64_t qn_core_queue_limit(qn_core *c) { return qn_batcher_queue_limit(c->batcher); }
+
+void qn_core_submit_bytes(qn_core *c, const void *buf, size_t len, const qn_origin *origin)
+{
+    submit_bytes(c, NULL, buf, len, origin);
+}
+
+void qn_core_submit_bytes_local(qn_core *c, qn_core_local *l, const void *buf, size_t len,
+                                const qn_origin *origin)
+{
+    submit_bytes(c, l, buf, len, origin);
+}
+
+/* ---- direct path ---- */
+
+static void local_finish(void *ud, qn_job *job, const qn_result *res)
+{
+    cache_put(ud, job, res);
+    job_end(job, res);
+}
+
+void qn_core_local_flush(qn_core *c, qn_core_local *l)
+{
+    qn_batch *b = &l->staged;
+    if (b->njobs == 0) return;
+    /* Run here when the model is cheaper than two thread handoffs, or when
+     * the worker is idle and this is a lone small job (low load: latency is
+     * all that matters and the executors have nothing to overlap with).
+     * Otherwise the executors take it, and this thread goes back to IO. */
+    int here = flops_per_row(b->model) <= c->o.direct_max_flops ||
+               (b->rows <= c->o.direct_idle_rows && qn_executor_busy(c->exec) == 0 &&
+                qn_batcher_queued_rows(c->batcher) == 0);
+    if (!here) {
+        for (int i = 0; i < b->njobs; i++) enqueue(c, b->jobs[i]);
+        b->njobs = 0;
+        b->rows = 0;
+        b->model = NULL;
+        return;
+    }
+    qn_executor_hooks h = {.ud = c, .finish = local_finish};
+    /* Cache inserts made here are written by the cache's tick thread, not
+     * here: an LMDB write transaction (which may wait for another process's
+     * writer) has no place on a transport's IO thread. */
+    qn_batch_run(c->be, l->ctx, &l->staged, &l->scratch, &h);
+    l->staged.njobs = 0;
+    l->staged.rows = 0;
+    l->staged.model = NULL;
+}
+
+static void stage(qn_core *c, qn_core_local *l, qn_job *job)
+{
+    qn_batch *b = &l->staged;
+    if (b->njobs > 0 &&
+        (b->model != job->served_by || b->rows + job->rows > c->o.batch.max_batch_rows))
+        qn_core_local_flush(c, l);
+    if (b->njobs == b->cap_jobs) {
+        int cap = b->cap_jobs ? b->cap_jobs * 2 : 64;
+        qn_job **n = realloc(b->jobs, (size_t)cap * sizeof *n);
+        if (!n) {
+            qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_INTERNAL, "out of memory");
+            return;
+        }
+        b->jobs = n;
+        b->cap_jobs = cap;
+    }
+    b->model = job->served_by;
+    b->jobs[b->njobs++] = job;
+    b->rows += job->rows;
+    if (b->rows >= c->o.batch.max_batch_rows) qn_core_local_flush(c, l);
+}
+
+int qn_core_local_create(qn_core *c, qn_core_local **out)
+{
+    *out = NULL;
+    qn_core_local *l = calloc(1, sizeof *l);
+    if (!l) return QN_ENOMEM;
+    int rc = c->be->iface->ctx_create(c->be, &l->ctx);
+    if (rc) {
+        free(l);
+        return rc;
+    }
+    *out = l;
+    return 0;
+}
+
+void qn_core_local_destroy(qn_core *c, qn_core_local **pl)
+{
+    qn_core_local *l = pl ? *pl : NULL;
+    if (!l) return;
+    qn_core_local_flush(c, l);
+    c->be->iface->ctx_destroy(c->be, l->ctx);
+    qn_batch_free(&l->staged);
+    qn_batch_scratch_free(&l->scratch);
+    free(l);
+    *pl = NULL;
+}

@@ -11,6 +11,7 @@
 
 #include "backend.h"
 #include "batcher.h"
+#include "cache.h"
 #include "job.h"
 #include "registry.h"
 
@@ -18,7 +19,25 @@ typedef struct qn_core_opts {
     qn_batcher_opts batch;
     int threads;          /* executor threads, >= 1 */
     qn_job_limits limits; /* message decode limits */
+    /* Direct path: with greedy batching (max_delay_us 0), jobs for models
+     * costing at most this many FLOPs per row are run on the submitting
+     * transport thread itself, batched per receive burst, instead of being
+     * handed to an executor thread: two thread handoffs cost more than such
+     * a model's whole forward pass. 0 disables. */
+    int64_t direct_max_flops;
+    /* ... and jobs of any model, when a receive burst brought at most this
+     * many rows, no executor is busy and nothing is queued (a lone job on an
+     * idle worker: it runs at once, with no handoff). 0 disables. */
+    int64_t direct_idle_rows;
+    /* Result cache (borrowed, may be NULL): hits are answered at admission,
+     * before the batcher; ok results of jobs with cache != false are put
+     * after compute and written once per executor batch (and by the cache's
+     * own tick). Errors are never cached. */
+    qn_cache *cache;
 } qn_core_opts;
+
+#define QN_CORE_DEFAULT_DIRECT_MAX_FLOPS 131072
+#define QN_CORE_DEFAULT_DIRECT_IDLE_ROWS 1
 
 /* Fills defaults: max batch 64, greedy batching, queue limit 65536 rows,
  * 1 executor thread, 64 MiB messages. */
@@ -41,6 +60,21 @@ void qn_core_destroy(qn_core **c);
  * origin is copied into the job. Never fails: the answer always comes back
  * through origin->complete. */
 void qn_core_submit_bytes(qn_core *c, const void *buf, size_t len, const qn_origin *origin);
+
+/* Per-transport-thread state for the direct path: a backend context and
+ * the jobs staged during the current receive burst. Used by one thread. */
+typedef struct qn_core_local qn_core_local;
+int qn_core_local_create(qn_core *c, qn_core_local **out);
+/* Flushes what is staged, then frees. Sets *l NULL. NULL-safe. */
+void qn_core_local_destroy(qn_core *c, qn_core_local **l);
+
+/* As qn_core_submit_bytes, but a cheap job may be staged on l; it runs, and
+ * is answered on this thread, at the next qn_core_local_flush (call it after
+ * every receive burst) or when the staged batch is full. */
+void qn_core_submit_bytes_local(qn_core *c, qn_core_local *l, const void *buf, size_t len,
+                                const qn_origin *origin);
+/* Runs and answers every job staged on l. */
+void qn_core_local_flush(qn_core *c, qn_core_local *l);
 
 /* Submits a decoded job (ownership passes to the core; job->origin set). */
 void qn_core_submit(qn_core *c, qn_job *job);

@@ -27,6 +27,7 @@ struct qn_executor {
     int n;
     worker *w;
     atomic_uint_fast64_t batches, rows;
+    atomic_int busy;
 };
 
 static int grow(float **buf, size_t *cap, size_t need)
@@ -42,21 +43,32 @@ static int grow(float **buf, size_t *cap, size_t need)
     return 0;
 }
 
-static void finish_error(qn_executor *ex, qn_job *job, qn_status st, qn_code code, const char *msg)
+static void finish_error(const qn_executor_hooks *h, qn_job *job, qn_status st, qn_code code,
+                         const char *msg)
 {
     qn_result res = {.type = QN_RESULT_FINAL, .status = st, .id = &job->id, .model = job->model,
                      .version = job->served_by ? job->served_by->version : 0, .code = code,
                      .message = msg};
-    ex->h.finish(ex->h.ud, job, &res);
+    h->finish(h->ud, job, &res);
 }
 
-static void run_batch(qn_executor *ex, worker *w, qn_batch *batch, float **xb, size_t *xcap,
-                      float **yb, size_t *ycap)
+void qn_batch_scratch_free(qn_batch_scratch *s)
 {
+    free(s->x);
+    free(s->y);
+    s->x = s->y = NULL;
+    s->xcap = s->ycap = 0;
+}
+
+int qn_batch_run(qn_backend *be, void *ctx, qn_batch *batch, qn_batch_scratch *s,
+                 const qn_executor_hooks *h)
+{
+    float **xb = &s->x, **yb = &s->y;
+    size_t *xcap = &s->xcap, *ycap = &s->ycap;
     for (int i = 0; i < batch->nexpired; i++)
-        finish_error(ex, batch->expired[i], QN_STATUS_EXPIRED, QN_CODE_EXPIRED,
+        finish_error(h, batch->expired[i], QN_STATUS_EXPIRED, QN_CODE_EXPIRED,
                      "deadline passed while the job was queued");
-    if (batch->njobs == 0) return;
+    if (batch->njobs == 0) return 0;
 
     const qn_model *m = batch->model;
     int64_t in = m->in_dim, out = m->out_dim, rows = batch->rows;
@@ -77,17 +89,15 @@ static void run_batch(qn_executor *ex, worker *w, qn_batch *batch, float **xb, s
         x = *xb;
     }
     if (rc == 0) rc = grow(yb, ycap, (size_t)(rows * out));
-    if (rc == 0) rc = ex->be->iface->forward(ex->be, w->ctx, m, m->backend_state, x, rows, *yb);
+    if (rc == 0) rc = be->iface->forward(be, ctx, m, m->backend_state, x, rows, *yb);
     if (rc != 0) {
         QN_LOGE("executor", "forward of %s v%lld failed for %lld rows: %s", m->name,
                 (long long)m->version, (long long)rows, qn_strerror(rc));
         for (int i = 0; i < batch->njobs; i++)
-            finish_error(ex, batch->jobs[i], QN_STATUS_ERROR, QN_CODE_INTERNAL,
+            finish_error(h, batch->jobs[i], QN_STATUS_ERROR, QN_CODE_INTERNAL,
                          "the compute backend failed on this batch");
-        return;
+        return rc;
     }
-    atomic_fetch_add(&ex->batches, 1);
-    atomic_fetch_add(&ex->rows, (uint_fast64_t)rows);
     const float *y = *yb;
     for (int i = 0; i < batch->njobs; i++) {
         qn_job *job = batch->jobs[i];
@@ -95,8 +105,9 @@ static void run_batch(qn_executor *ex, worker *w, qn_batch *batch, float **xb, s
                          .model = m->name, .version = m->version, .rows = job->rows, .cols = out,
                          .outputs = y};
         y += job->rows * out;
-        ex->h.finish(ex->h.ud, job, &res);
+        h->finish(h->ud, job, &res);
     }
+    return 0;
 }
 
 static void *thread_main(void *arg)
@@ -104,15 +115,19 @@ static void *thread_main(void *arg)
     worker *w = arg;
     qn_executor *ex = w->ex;
     qn_batch batch = {0};
-    float *xb = NULL, *yb = NULL;
-    size_t xcap = 0, ycap = 0;
+    qn_batch_scratch s = {0};
     while (qn_batcher_pop(ex->b, &batch) == 0) {
-        run_batch(ex, w, &batch, &xb, &xcap, &yb, &ycap);
+        atomic_fetch_add(&ex->busy, 1);
+        int64_t rows = batch.rows;
+        if (qn_batch_run(ex->be, w->ctx, &batch, &s, &ex->h) == 0 && batch.njobs > 0) {
+            atomic_fetch_add(&ex->batches, 1);
+            atomic_fetch_add(&ex->rows, (uint_fast64_t)rows);
+        }
         if (ex->h.batch_done) ex->h.batch_done(ex->h.ud);
+        atomic_fetch_sub(&ex->busy, 1);
     }
     qn_batch_free(&batch);
-    free(xb);
-    free(yb);
+    qn_batch_scratch_free(&s);
     return NULL;
 }
 
@@ -171,3 +186,5 @@ void qn_executor_stats(qn_executor *e, uint64_t *batches, uint64_t *rows)
     if (batches) *batches = atomic_load(&e->batches);
     if (rows) *rows = atomic_load(&e->rows);
 }
+
+int qn_executor_busy(qn_executor *e) { return e ? atomic_load(&e->busy) : 0; }

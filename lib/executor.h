@@ -23,6 +23,22 @@ typedef struct qn_executor_hooks {
 
 typedef struct qn_executor qn_executor;
 
+/* Gather/output buffers reused across batches by one thread. Zero-init. */
+typedef struct qn_batch_scratch {
+    float *x, *y;
+    size_t xcap, ycap;
+} qn_batch_scratch;
+void qn_batch_scratch_free(qn_batch_scratch *s);
+
+/* Runs one batch on the calling thread with backend context ctx: expired
+ * jobs are finished as "expired", the jobs' rows are gathered, one forward
+ * runs, and each job is finished with a view of its output rows (or
+ * "internal" if the backend failed, whose code is returned). Every job in
+ * the batch is handed to h->finish exactly once. The executor threads use
+ * this; so does the core's direct path on a transport's IO thread. */
+int qn_batch_run(qn_backend *be, void *ctx, qn_batch *batch, qn_batch_scratch *s,
+                 const qn_executor_hooks *h);
+
 /* Starts threads (>= 1) popping from b. b, be and the hooks' ud must
  * outlive the executor. 0, QN_EINVAL or QN_ENOMEM/QN_EEXTERNAL (a thread or
  * context could not be created; everything started is undone). */
@@ -32,6 +48,9 @@ int qn_executor_start(qn_batcher *b, qn_backend *be, int threads, const qn_execu
 /* Waits for every thread to finish (they exit once the batcher is closed and
  * drained: close it first), frees, sets *e NULL. NULL-safe. */
 void qn_executor_join(qn_executor **e);
+
+/* Threads running a batch right now (a hint: it may change at once). */
+int qn_executor_busy(qn_executor *e);
 
 /* Batches and rows run so far (for logs and tests). */
 void qn_executor_stats(qn_executor *e, uint64_t *batches, uint64_t *rows);

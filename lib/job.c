@@ -13,6 +13,7 @@
  * Encoding packs straight into a qn_buf through a msgpack_packer callback. */
 #include "job.h"
 #include "error.h"
+#include "log.h"
 
 #include <msgpack.h>
 
@@ -342,13 +343,18 @@ static float obj_f32(const msgpack_object *o)
 static void map_collect(const msgpack_object *map, const char *const *names, size_t n,
                         const msgpack_object **found, int *dup)
 {
+    QN_ASSERT(n <= 16);
+    size_t lens[16];
     *dup = -1;
-    for (size_t i = 0; i < n; i++) found[i] = NULL;
+    for (size_t i = 0; i < n; i++) {
+        found[i] = NULL;
+        lens[i] = strlen(names[i]);
+    }
     for (uint32_t k = 0; k < map->via.map.size; k++) {
         const msgpack_object *key = &map->via.map.ptr[k].key;
         if (key->type != MSGPACK_OBJECT_STR) continue; /* unknown: ignored */
         for (size_t i = 0; i < n; i++) {
-            if (key->via.str.size == strlen(names[i]) && memcmp(key->via.str.ptr, names[i], key->via.str.size) == 0) {
+            if (key->via.str.size == lens[i] && memcmp(key->via.str.ptr, names[i], lens[i]) == 0) {
                 if (found[i] && *dup < 0) *dup = (int)i;
                 found[i] = &map->via.map.ptr[k].val;
                 break;
@@ -704,7 +710,20 @@ done:
 
 /* ---- encoding ---- */
 
-static int pk_write(void *data, const char *p, size_t n) { return qn_buf_append(data, p, n) ? -1 : 0; }
+/* The packer calls this for every header and scalar (mostly 1 to 9 bytes),
+ * dozens of times per message; the space is reserved up front, so the common
+ * case is a short inline copy rather than a call into memcpy. */
+static int pk_write(void *data, const char *p, size_t n)
+{
+    qn_buf *b = data;
+    if (n <= 16 && n <= b->cap - b->len) {
+        char *d = b->data + b->len;
+        for (size_t i = 0; i < n; i++) d[i] = p[i];
+        b->len += n;
+        return 0;
+    }
+    return qn_buf_append(b, p, n) ? -1 : 0;
+}
 
 static int pk_str(msgpack_packer *pk, const char *s) { return msgpack_pack_str_with_body(pk, s, strlen(s)); }
 

@@ -226,13 +226,33 @@ static int check_csr(load_ctx *c, const qn_layer *l)
         lerr(c, "indptr ends at %d but there are %lld values", p[l->out], (long long)l->nnz);
         return QN_EFORMAT;
     }
-    for (int64_t k = 0; k < l->nnz; k++)
-        if (l->csr_indices[k] < 0 || l->csr_indices[k] >= l->in) {
-            lerr(c, "column index %d at %lld is outside [0, %lld)", l->csr_indices[k], (long long)k,
-                 (long long)l->in);
-            return QN_EFORMAT;
+    /* seen[col] = last row that used col: a repeated column within a row
+     * would mean "sum" to one kernel and "last wins" to another. */
+    int rc = 0;
+    int64_t *seen = malloc((size_t)l->in * sizeof *seen);
+    if (!seen) {
+        lerr(c, "out of memory checking the CSR indices");
+        return QN_ENOMEM;
+    }
+    for (int64_t i = 0; i < l->in; i++) seen[i] = -1;
+    for (int64_t r = 0; r < l->out && rc == 0; r++)
+        for (int64_t k = p[r]; k < p[r + 1]; k++) {
+            int32_t col = l->csr_indices[k];
+            if (col < 0 || col >= l->in) {
+                lerr(c, "column index %d at %lld is outside [0, %lld)", col, (long long)k,
+                     (long long)l->in);
+                rc = QN_EFORMAT;
+                break;
+            }
+            if (seen[col] == r) {
+                lerr(c, "column %d appears twice in row %lld", col, (long long)r);
+                rc = QN_EFORMAT;
+                break;
+            }
+            seen[col] = r;
         }
-    return 0;
+    free(seen);
+    return rc;
 }
 
 static int load_layer(load_ctx *c, json_t *jl, int compressed, qn_layer *l)

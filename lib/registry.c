@@ -191,7 +191,7 @@ static int list_repo(const char *dir, file_vec *out)
         rc = list_versions(dir, de->d_name, out);
     }
     closedir(d);
-    if (rc == 0) qsort(out->v, out->n, sizeof *out->v, file_cmp);
+    if (rc == 0 && out->n) qsort(out->v, out->n, sizeof *out->v, file_cmp);
     return rc;
 }
 
@@ -286,6 +286,7 @@ static const served_model *served_find(const served_table *t, const char *name)
 
 static reg_file *files_find(reg_file *files, size_t n, const char *name, int64_t version)
 {
+    if (n == 0) return NULL; /* bsearch on a NULL base is undefined even for n 0 */
     reg_file key;
     snprintf(key.name, sizeof key.name, "%s", name);
     key.version = version;
@@ -356,7 +357,7 @@ int qn_registry_scan(qn_registry *r)
             changes++;
         }
     }
-    qsort(next.v, next.n, sizeof *next.v, file_cmp);
+    if (next.n) qsort(next.v, next.n, sizeof *next.v, file_cmp);
 
     if (changes) {
         rc = QN_ENOMEM;

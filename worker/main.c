@@ -3,6 +3,7 @@
  * SIGINT and shuts down in data-flow order: stop intake, let in-flight jobs
  * finish and their results leave, stop the core, close the transports.
  * Configuration is passed down as arguments; nothing below reads globals. */
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 #include <zmq.h>
 
 #include "backend.h"
+#include "cache.h"
 #include "core.h"
 #include "error.h"
 #include "log.h"
@@ -23,6 +25,17 @@
 #include "kafka_transport.h"
 
 #define MAX_TRANSPORTS 4
+
+static int g_sigpipe[2] = {-1, -1};
+
+static void on_signal(int sig)
+{
+    unsigned char b = (unsigned char)sig;
+    int saved = errno;
+    ssize_t w = write(g_sigpipe[1], &b, 1);
+    (void)w;
+    errno = saved;
+}
 #define MAX_X 64
 
 typedef struct worker_opts {
@@ -38,6 +51,7 @@ typedef struct worker_opts {
     const char *broker;
     int poll_ms;
     int drain_timeout_ms;
+    int blas_threads;
     qn_core_opts core;
 } worker_opts;
 
@@ -60,18 +74,22 @@ static void usage(FILE *f)
         "  --max-batch N            most rows in one batch (default %d)\n"
         "  --max-delay-us N         longest a job waits for a batch to fill (default %d: greedy)\n"
         "  --queue-limit N          most queued rows; past it jobs are rejected (default %d)\n"
-        "  --threads N              executor threads (default 1)\n"
+        "  --threads N              executor threads (default: one per core)\n"
+        "  --blas-threads N         OpenBLAS threads inside one forward (default 1)\n"
         "  --device cpu|cuda|auto   compute device (default auto)\n"
         "  --max-message-bytes N    larger jobs get too_large (default %u)\n"
+        "  --direct-max-flops N     run models up to N FLOPs/row on the IO thread (default %d; 0: off)\n"
+        "  --direct-idle-rows N     ... and a lone job of up to N rows when the worker is idle (default %d)\n"
         "cache:\n"
         "  --cache-dir DIR          LMDB result cache directory\n"
-        "  --cache-size MB          cache size (0: no cache)\n"
+        "  --cache-size MB          cache size, a hard bound on its file (default 1024; 0: no cache)\n"
         "other:\n"
         "  --poll-ms N              model repository rescan interval (default 500)\n"
         "  --drain-timeout-ms N     longest shutdown waits for in-flight jobs (default 30000)\n"
         "  -h, --help               this text\n",
         QN_BATCHER_DEFAULT_MAX_BATCH, QN_BATCHER_DEFAULT_MAX_DELAY_US,
-        QN_BATCHER_DEFAULT_QUEUE_LIMIT, QN_DEFAULT_MAX_MESSAGE);
+        QN_BATCHER_DEFAULT_QUEUE_LIMIT, QN_DEFAULT_MAX_MESSAGE, QN_CORE_DEFAULT_DIRECT_MAX_FLOPS,
+        QN_CORE_DEFAULT_DIRECT_IDLE_ROWS);
 }
 
 static int parse_long(const char *flag, const char *s, long lo, long hi, long *out)
@@ -89,7 +107,7 @@ static int parse_long(const char *flag, const char *s, long lo, long hi, long *o
 enum {
     OPT_REPO = 256, OPT_ZMQ, OPT_KBROKERS, OPT_KTOPIC, OPT_KGROUP, OPT_REPLY, OPT_DLQ,
     OPT_MAXBATCH, OPT_MAXDELAY, OPT_QLIMIT, OPT_CACHEDIR, OPT_CACHESIZE, OPT_THREADS,
-    OPT_DEVICE, OPT_BROKER, OPT_MAXMSG, OPT_POLL, OPT_DRAIN,
+    OPT_DEVICE, OPT_BROKER, OPT_MAXMSG, OPT_POLL, OPT_DRAIN, OPT_DIRECT, OPT_BLAS, OPT_IDLE,
 };
 
 /* Returns 0, or 2 for a usage error (message printed). */
@@ -114,6 +132,9 @@ static int parse_args(int argc, char **argv, worker_opts *o)
         {"max-message-bytes", required_argument, 0, OPT_MAXMSG},
         {"poll-ms", required_argument, 0, OPT_POLL},
         {"drain-timeout-ms", required_argument, 0, OPT_DRAIN},
+        {"direct-max-flops", required_argument, 0, OPT_DIRECT},
+        {"blas-threads", required_argument, 0, OPT_BLAS},
+        {"direct-idle-rows", required_argument, 0, OPT_IDLE},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -126,6 +147,8 @@ static int parse_args(int argc, char **argv, worker_opts *o)
     o->device = "auto";
     o->poll_ms = 500;
     o->drain_timeout_ms = 30000;
+    o->blas_threads = 1;
+    o->core.threads = 0; /* auto: one per core */
     o->cache_size_mb = 1024;
     long v;
     int c;
@@ -188,6 +211,18 @@ static int parse_args(int argc, char **argv, worker_opts *o)
             if (parse_long("--drain-timeout-ms", optarg, 0, 3600000, &v)) return 2;
             o->drain_timeout_ms = (int)v;
             break;
+        case OPT_DIRECT:
+            if (parse_long("--direct-max-flops", optarg, 0, 1L << 40, &v)) return 2;
+            o->core.direct_max_flops = v;
+            break;
+        case OPT_IDLE:
+            if (parse_long("--direct-idle-rows", optarg, 0, 1L << 20, &v)) return 2;
+            o->core.direct_idle_rows = v;
+            break;
+        case OPT_BLAS:
+            if (parse_long("--blas-threads", optarg, 1, 256, &v)) return 2;
+            o->blas_threads = (int)v;
+            break;
         case 'h': usage(stdout); exit(0);
         default:
             if (optopt) fprintf(stderr, "quern-worker: option -%c needs a value or is unknown\n", optopt);
@@ -221,10 +256,6 @@ static int refuse_unbuilt(const worker_opts *o)
         fprintf(stderr, "quern-worker: the MDP broker transport is not built yet (--broker)\n");
         return 2;
     }
-    if (o->cache_dir && o->cache_size_mb > 0) {
-        fprintf(stderr, "quern-worker: the result cache is not built yet (--cache-dir)\n");
-        return 2;
-    }
     if (strcmp(o->device, "cuda") == 0) {
         fprintf(stderr, "quern-worker: the CUDA backend is not built yet (--device cuda)\n");
         return 2;
@@ -256,23 +287,38 @@ int main(int argc, char **argv)
     if ((rc = refuse_unbuilt(&o))) return rc;
     qn_log_init_from_env();
 
-    /* Signals are taken by sigwait in this thread only. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    /* Libraries start threads of their own (OpenBLAS at load time), so a
+     * signal may land on any thread: the handler only writes to a pipe that
+     * this thread waits on. A second signal during shutdown is harmless. */
+    if (pipe(g_sigpipe) != 0) {
+        perror("quern-worker: pipe");
+        return 1;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     int exit_code = 1;
     qn_backend *be = NULL;
     qn_registry *reg = NULL;
     qn_core *core = NULL;
+    qn_cache *cache = NULL;
     void *zctx = NULL;
     qn_transport ts[MAX_TRANSPORTS];
     int nt = 0;
 
-    if ((rc = qn_backend_cpu_create(1, &be))) {
+    if (o.core.threads == 0) {
+        /* One executor per core, each with one BLAS thread: OpenBLAS's own
+         * threads spin while waiting and fight the IO thread for cores
+         * (bench/README.md has the measurements behind this). */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        o.core.threads = cores > 0 ? (int)cores : 1;
+    }
+    if ((rc = qn_backend_cpu_create(o.blas_threads, &be))) {
         QN_LOGE("worker", "cannot create the CPU backend: %s", qn_strerror(rc));
         goto out;
     }
@@ -283,6 +329,16 @@ int main(int argc, char **argv)
     if ((rc = qn_registry_watch(reg, o.poll_ms))) {
         QN_LOGE("worker", "cannot watch the model repository: %s", qn_strerror(rc));
         goto out;
+    }
+    if (o.cache_dir && o.cache_size_mb > 0) {
+        qn_cache_opts co;
+        qn_cache_opts_default(&co);
+        if ((rc = qn_cache_open(o.cache_dir, (uint64_t)o.cache_size_mb, &co, &cache))) {
+            QN_LOGE("worker", "cannot open the result cache in %s: %s", o.cache_dir, qn_strerror(rc));
+            goto out;
+        }
+        o.core.cache = cache;
+        QN_LOGI("worker", "result cache: %s, %ld MiB", o.cache_dir, o.cache_size_mb);
     }
     if ((rc = qn_core_create(&o.core, reg, be, &core))) {
         QN_LOGE("worker", "cannot start the executor: %s", qn_strerror(rc));
@@ -306,21 +362,25 @@ int main(int argc, char **argv)
             QN_LOGE("worker", "cannot start the %s transport: %s", ts[i].iface->name, qn_strerror(rc));
             goto out;
         }
-    QN_LOGI("worker", "ready: repo %s, device cpu, %d executor thread(s), max batch %lld, "
-            "max delay %lld us, queue limit %lld rows", o.model_repo, o.core.threads,
+    QN_LOGI("worker", "ready: repo %s, device cpu, %d executor thread(s) x %d BLAS thread(s), max batch %lld, "
+            "max delay %lld us, queue limit %lld rows", o.model_repo, o.core.threads, o.blas_threads,
             (long long)o.core.batch.max_batch_rows, (long long)o.core.batch.max_delay_us,
             (long long)o.core.batch.queue_limit_rows);
 
-    int sig = 0;
-    sigwait(&sigs, &sig);
+    unsigned char sig = 0;
+    while (read(g_sigpipe[0], &sig, 1) < 0 && errno == EINTR) {}
     QN_LOGI("worker", "signal %d: draining", sig);
+    /* Data-flow order: no new jobs; run what is queued now (no batching
+     * delay) and join the executors; let the results leave; then close. */
     for (int i = 0; i < nt; i++) ts[i].iface->stop_intake(ts[i].self);
+    qn_core_stop(core);
     drain(ts, nt, o.drain_timeout_ms);
     exit_code = 0;
 out:
     if (core) qn_core_stop(core);
     for (int i = nt - 1; i >= 0; i--) ts[i].iface->destroy(ts[i].self);
     qn_core_destroy(&core);
+    qn_cache_close(&cache);
     if (zctx) zmq_ctx_term(zctx);
     qn_registry_close(&reg);
     qn_backend_destroy(&be);

@@ -27,6 +27,7 @@ typedef struct zt {
     pthread_mutex_t push_mu; /* the PUSH socket is shared by completing threads */
     pthread_t tid;
     int started;
+    qn_core_local *local; /* direct path state, used by the IO thread only */
     atomic_int intake, quit;
     atomic_int_fast64_t inflight;
     char endpoint[256];
@@ -76,6 +77,21 @@ static void zt_complete(qn_job *job, const qn_result *res)
     uint32_t nframes;
     memcpy(&nframes, env, 4);
     const unsigned char *r = env + 4;
+    if (t->started && pthread_equal(pthread_self(), t->tid)) {
+        /* On the IO thread (errors at admission, the direct path): the
+         * ROUTER is ours, send straight to it. */
+        for (uint32_t i = 0; i < nframes; i++) {
+            uint32_t len;
+            memcpy(&len, r, 4);
+            zmq_send(t->router, r + 4, len, ZMQ_SNDMORE);
+            r += 4 + len;
+        }
+        zmq_msg_t m;
+        zmq_msg_init_data(&m, body.data, body.len, free_buf, NULL);
+        if (zmq_msg_send(&m, t->router, 0) < 0) zmq_msg_close(&m);
+        if (final) atomic_fetch_sub(&t->inflight, 1);
+        goto out;
+    }
     char marker = final ? 'F' : 'P';
     pthread_mutex_lock(&t->push_mu);
     zmq_send(t->push, &marker, 1, ZMQ_SNDMORE);
@@ -156,7 +172,8 @@ static int receive_one(zt *t)
     } else {
         atomic_fetch_add(&t->inflight, 1);
         qn_origin o = {.complete = zt_complete, .ctx = t, .data = env};
-        qn_core_submit_bytes(t->core, zmq_msg_data(&frames[n - 1]), zmq_msg_size(&frames[n - 1]), &o);
+        qn_core_submit_bytes_local(t->core, t->local, zmq_msg_data(&frames[n - 1]),
+                                   zmq_msg_size(&frames[n - 1]), &o);
     }
     for (int i = 0; i < n; i++) zmq_msg_close(&frames[i]);
     return 0;
@@ -176,8 +193,11 @@ static void *io_main(void *arg)
         }
         /* Results first: they free memory and clients wait on them. */
         for (int i = 0; i < RECV_BURST && forward_one(t) == 0; i++) {}
-        if (intake && (items[1].revents & ZMQ_POLLIN))
+        if (intake && (items[1].revents & ZMQ_POLLIN)) {
             for (int i = 0; i < RECV_BURST && receive_one(t) == 0; i++) {}
+            /* Cheap jobs staged during the burst run here, as one batch. */
+            qn_core_local_flush(t->core, t->local);
+        }
     }
     return NULL;
 }
@@ -201,6 +221,7 @@ static void zt_destroy(void *self)
     atomic_store(&t->intake, 0);
     atomic_store(&t->quit, 1);
     if (t->started) pthread_join(t->tid, NULL);
+    qn_core_local_destroy(t->core, &t->local);
     if (t->push) zmq_close(t->push);
     if (t->pull) zmq_close(t->pull);
     if (t->router) zmq_close(t->router);
@@ -223,6 +244,10 @@ int qn_zmq_transport_create(void *zctx, const char *endpoint, qn_core *core, qn_
     t->zctx = zctx;
     t->core = core;
     pthread_mutex_init(&t->push_mu, NULL);
+    if (qn_core_local_create(core, &t->local) != 0) {
+        QN_LOGE("zmq", "cannot create a backend context for the IO thread");
+        goto fail;
+    }
     int zero = 0, linger = 2000;
     char inproc[64];
     snprintf(inproc, sizeof inproc, "inproc://quern-results-%p", (void *)t);

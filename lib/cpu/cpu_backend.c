@@ -17,6 +17,7 @@
 #include <stdlib.h>
 
 #include "cpu/dense.h"
+#include "cpu/kernels.h"
 #include "error.h"
 #include "log.h"
 #include "tensor.h"
@@ -32,6 +33,7 @@ typedef struct cpu_backend {
 typedef struct cpu_ctx {
     float *buf[2];
     size_t cap;
+    qn_kernel_scratch *ks; /* the compressed-layer kernels' own scratch */
 } cpu_ctx;
 
 /* Local names for logs; model.c's qn_rep_name says the same, but this file
@@ -57,8 +59,7 @@ static int layer_check(const qn_layer *l, char *why, size_t whylen)
     case QN_REP_I8:
     case QN_REP_CSR_F32:
     case QN_REP_CSR_I8:
-        snprintf(why, whylen, "no CPU kernel for %s weights yet", rep_name(l->rep));
-        return QN_ENOTSUP;
+        return 0; /* lib/cpu/kernels.h: packed at prepare (layer_prepare) */
     case QN_REP_COUNT:
     default:
         snprintf(why, whylen, "unknown weight representation %d", (int)l->rep);
@@ -66,15 +67,29 @@ static int layer_check(const qn_layer *l, char *why, size_t whylen)
     }
 }
 
+/* Builds what a layer's kernel needs once, at load. */
+static int layer_prepare(qn_layer *l)
+{
+    switch (l->rep) {
+    case QN_REP_F32: return 0;
+    case QN_REP_F16:
+    case QN_REP_I8:
+    case QN_REP_CSR_F32:
+    case QN_REP_CSR_I8: return qn_kernel_layer_prepare(l);
+    case QN_REP_COUNT:
+    default: return QN_EFORMAT;
+    }
+}
+
 /* Runs one layer: x [rows, l->in] → y [rows, l->out]. */
-static int layer_forward(const qn_layer *l, const float *x, int64_t rows, float *y)
+static int layer_forward(const qn_layer *l, const float *x, int64_t rows, float *y, cpu_ctx *c)
 {
     switch (l->rep) {
     case QN_REP_F32: return qn_cpu_dense_f32(x, rows, l->in, l->w, l->out, l->bias, l->act, y);
     case QN_REP_F16:
     case QN_REP_I8:
     case QN_REP_CSR_F32:
-    case QN_REP_CSR_I8:
+    case QN_REP_CSR_I8: return qn_kernel_layer_forward(l, x, rows, y, c->ks);
     case QN_REP_COUNT:
     default: return QN_ENOTSUP; /* layer_check refused these at prepare */
     }
@@ -114,6 +129,10 @@ static int cpu_model_prepare(qn_backend *be, qn_model *m, void **state)
             snprintf(why, sizeof why, "layer %d: %s", i, lwhy);
             goto fail;
         }
+        if ((rc = layer_prepare(&m->layers[i]))) {
+            snprintf(why, sizeof why, "layer %d: %s kernel prepare failed", i, rep_name(l->rep));
+            goto fail;
+        }
     }
     if (m->layers[m->nlayers - 1].out != m->out_dim) {
         snprintf(why, sizeof why, "last layer gives %lld outputs, model says %lld",
@@ -139,6 +158,10 @@ static int cpu_ctx_create(qn_backend *be, void **out)
 {
     cpu_ctx *c = calloc(1, sizeof *c);
     if (!c) return QN_ENOMEM;
+    if (qn_kernel_scratch_create(&c->ks) != 0) {
+        free(c);
+        return QN_ENOMEM;
+    }
     *out = c;
     return 0;
 }
@@ -149,6 +172,7 @@ static void cpu_ctx_destroy(qn_backend *be, void *vctx)
     if (!c) return;
     free(c->buf[0]);
     free(c->buf[1]);
+    qn_kernel_scratch_destroy(&c->ks);
     free(c);
 }
 
@@ -194,7 +218,7 @@ static int cpu_forward(qn_backend *be, void *vctx, const qn_model *m, void *stat
     for (int i = 0; i < m->nlayers; i++) {
         const qn_layer *l = &m->layers[i];
         float *o = i + 1 == m->nlayers ? y : c->buf[i & 1];
-        int rc = layer_forward(l, in, rows, o);
+        int rc = layer_forward(l, in, rows, o, c);
         if (rc) {
             QN_LOGE("cpu", "model %s v%lld layer %d (%s): %s", m->name, (long long)m->version, i,
                     rep_name(l->rep), qn_strerror(rc));
@@ -239,7 +263,7 @@ int qn_backend_cpu_create(int blas_threads, qn_backend **out)
      * to this many threads. The worker's executors each run their own
      * forwards and ask for 1 (bench/notes/dense.md has the measurements). */
     openblas_set_num_threads(blas_threads);
-    QN_LOGD("cpu", "backend up: OpenBLAS %s, core %s, %d BLAS thread(s)", openblas_get_config(),
+    QN_LOGI("cpu", "backend up: %s, core %s, %d BLAS thread(s)", openblas_get_config(),
             openblas_get_corename(), blas_threads);
     *out = &b->pub;
     return 0;

@@ -9,11 +9,16 @@
 #include "cpu/epilogue.h"
 #include "error.h"
 
-/* rows == 1: which routine wins is measured by bench_dense (bench/notes/dense.md).
- * Non-zero picks cblas_sgemv for a single row. */
-#ifndef QN_DENSE_GEMV_ROW1
-#define QN_DENSE_GEMV_ROW1 1
-#endif
+/* Crossovers measured with bench_dense --forms (notes): per-row sgemv beats
+ * sgemm up to ~4 rows for 1 MiB of weights, ~16 for 4 MiB and ~8 for 16 MiB
+ * (where sgemv itself streams from L3/DRAM). One row per 256 KiB, capped at
+ * 8, lands on or just below each crossover. */
+int64_t qn_cpu_dense_gemv_rows(int64_t in, int64_t out)
+{
+    if (in < 1 || out < 1 || in > INT_MAX || out > INT_MAX) return 0;
+    int64_t n = in * out / (256 * 1024 / (int64_t)sizeof(float)); /* in*out < 2^62: no overflow */
+    return n < QN_DENSE_GEMV_MAX_ROWS ? n : QN_DENSE_GEMV_MAX_ROWS;
+}
 
 int qn_cpu_dense_f32(const float *x, int64_t rows, int64_t in, const float *w, int64_t out,
                      const float *bias, qn_act act, float *y)
@@ -29,15 +34,16 @@ int qn_cpu_dense_f32_path(const float *x, int64_t rows, int64_t in, const float 
         return QN_EINVAL;
     if (rows == 0) return 0;
     if (!x || !w || !y || (unsigned)act >= QN_ACT_COUNT) return QN_EINVAL;
-    if (path == QN_DENSE_AUTO) path = (rows == 1 && QN_DENSE_GEMV_ROW1) ? QN_DENSE_GEMV : QN_DENSE_GEMM;
+    if (path == QN_DENSE_AUTO) path = rows <= qn_cpu_dense_gemv_rows(in, out) ? QN_DENSE_GEMV : QN_DENSE_GEMM;
 
     switch (path) {
     case QN_DENSE_GEMV:
-        if (rows != 1) return QN_EINVAL;
-        /* y = W·x: on the row-major [out, in] matrix this is NoTrans, and
+        /* y_r = W·x_r: on the row-major [out, in] matrix this is NoTrans, and
          * beta = 0 makes OpenBLAS store, not accumulate, so y's old bytes
          * never matter. */
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)out, (int)in, 1.0f, w, (int)in, x, 1, 0.0f, y, 1);
+        for (int64_t r = 0; r < rows; r++)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)out, (int)in, 1.0f, w, (int)in, x + r * in, 1,
+                        0.0f, y + r * out, 1);
         break;
     case QN_DENSE_GEMM:
         /* Y[rows, out] = X[rows, in] · W[out, in]ᵀ. */

@@ -589,6 +589,24 @@ TEST(not_msgpack)
         CHECK(job == NULL);
         CHECK(strstr(err.message, cases[i].why) != NULL);
     }
+    /* nesting: 15 levels (the job map + 14 arrays) pass, 16 do not */
+    for (int depth = 15; depth <= 16; depth++) {
+        char msg[256];
+        int k = snprintf(msg, sizeof msg, "{" BASE_OK ", inputs: [[1]], deep: ");
+        for (int i = 0; i < depth - 1; i++) msg[k++] = '[';
+        msg[k++] = '1'; /* an empty array opens no level, in msgpack-c either */
+        for (int i = 0; i < depth - 1; i++) msg[k++] = ']';
+        snprintf(msg + k, sizeof msg - (size_t)k, "}");
+        qn_buf d = J(msg);
+        qn_job *dj = NULL;
+        qn_decode_error derr;
+        int rc = decode_exact(d.data, d.len, NULL, &dj, &derr);
+        if (rc != (depth == 15 ? 0 : QN_EFORMAT)) fprintf(stderr, "depth %d: %s -> %s\n", depth, msg, derr.message);
+        CHECK_EQ_INT(rc, depth == 15 ? 0 : QN_EFORMAT);
+        if (depth == 16) CHECK(strstr(derr.message, "nested deeper than 15") != NULL);
+        qn_job_free(&dj);
+        qn_buf_free(&d);
+    }
     /* a valid job followed by one stray byte */
     qn_buf b = J("{" BASE_OK ", inputs: [[1]]}");
     qn_buf_append(&b, "", 1);

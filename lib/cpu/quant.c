@@ -1,0 +1,108 @@
+/* quant.c: the int8 layer driver. At prepare it packs the int8 weights into
+ * the panel layout (kernels_impl.h) with their column sums; per forward it
+ * quantizes each activation row dynamically to u8 with a zero point (the
+ * scheme kernels.h documents) and hands the rows to the path's GEMM, which
+ * ends in the fused dequantize + bias (+ ReLU) epilogue. Activations other
+ * than ReLU run afterwards through the shared qn_cpu_epilogue (they are
+ * libm-bound, and softmax needs the whole row anyway). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/epilogue.h"
+#include "cpu/kernels_impl.h"
+#include "error.h"
+
+/* Adding and subtracting 1.5·2^23 rounds a float of magnitude < 2^22 to the
+ * nearest integer, ties to even (the default rounding mode), exactly as
+ * cvtps2dq would, and unlike lrintf it vectorizes on baseline SSE2. Callers
+ * clamp to [-255, 255] first. */
+static inline float round_even(float v)
+{
+    const float magic = 12582912.0f;
+    return (v + magic) - magic;
+}
+
+void qn_kernel_quantize_row(const float *x, int64_t n, uint8_t *q, float *scale, int32_t *zp)
+{
+    float mn = 0.0f, mx = 0.0f; /* the range always holds 0, so 0 is exact */
+    for (int64_t k = 0; k < n; k++) {
+        mn = x[k] < mn ? x[k] : mn;
+        mx = x[k] > mx ? x[k] : mx;
+    }
+    float s = (mx - mn) / 255.0f;
+    if (!(s > 0.0f) || !(s < 3.0e38f)) { /* all zeros, or NaN/inf in the row */
+        *scale = 1.0f;
+        *zp = 0;
+        memset(q, 0, (size_t)n);
+        return;
+    }
+    const float inv = 1.0f / s;
+    float z = round_even(-mn * inv);
+    z = z < 0.0f ? 0.0f : z > 255.0f ? 255.0f : z;
+    const float lo = -z, hi = 255.0f - z;
+    for (int64_t k = 0; k < n; k++) {
+        float t = x[k] * inv;
+        t = t > lo ? t : lo; /* NaN lands on lo: defined, if meaningless */
+        t = t < hi ? t : hi;
+        q[k] = (uint8_t)(int32_t)(round_even(t) + z);
+    }
+    *scale = s;
+    *zp = (int32_t)z;
+}
+
+int qn_i8_prepare(const qn_layer *l, qn_kpack *k)
+{
+    if (!l->w_i8 || !l->w_scale) return QN_EINVAL;
+    if (l->in > 65536) return QN_ESHAPE; /* 255·127·in must fit int32 */
+    const int64_t in = l->in, out = l->out, in4 = qn_round_up(in, 4), out16 = qn_round_up(out, QN_PANEL);
+    k->in4 = in4;
+    k->w8 = qn_alloc_aligned((size_t)(out16 * in4), 1);
+    k->colsum = qn_alloc_aligned((size_t)out16 * sizeof(int32_t), 1);
+    k->wscale = qn_alloc_aligned((size_t)out16 * sizeof(float), 1);
+    if (!k->w8 || !k->colsum || !k->wscale) return QN_ENOMEM;
+    for (int64_t o = 0; o < out; o++) {
+        const int8_t *src = l->w_i8 + o * in;
+        int8_t *dst = k->w8 + (o / QN_PANEL) * in4 * QN_PANEL + (o % QN_PANEL) * 4;
+        int32_t sum = 0;
+        for (int64_t i = 0; i < in; i++) {
+            dst[(i / 4) * 64 + (i % 4)] = src[i];
+            sum += src[i];
+        }
+        k->colsum[o] = sum;
+        k->wscale[o] = l->w_scale[o];
+    }
+    return 0;
+}
+
+int qn_i8_forward(const qn_layer *l, const qn_kpack *k, const float *x, int64_t rows, float *y,
+                  qn_kernel_scratch *s)
+{
+    const int64_t in = l->in, ldq = k->in4;
+    uint8_t *xq = qn_scratch_get(s, QN_SCR_Q, (size_t)(rows * ldq));
+    void *stats = qn_scratch_get(s, QN_SCR_STATS, (size_t)rows * (sizeof(int32_t) + sizeof(float)));
+    int16_t *xq16 = NULL;
+    if (k->path == QN_KPATH_AVX2) xq16 = qn_scratch_get(s, QN_SCR_Q16, (size_t)(rows * ldq) * sizeof(int16_t));
+    if (!xq || !stats || (k->path == QN_KPATH_AVX2 && !xq16)) return QN_ENOMEM;
+    int32_t *zp = stats;
+    float *xs = (float *)(zp + rows);
+
+    for (int64_t r = 0; r < rows; r++) {
+        uint8_t *q = xq + r * ldq;
+        qn_kernel_quantize_row(x + r * in, in, q, &xs[r], &zp[r]);
+        memset(q + in, 0, (size_t)(ldq - in)); /* padding meets zero weights; keep it defined */
+    }
+
+    const qn_i8_args a = {
+        .rows = rows, .in4 = k->in4, .out = l->out, .xq = xq, .ldq = ldq, .xq16 = xq16,
+        .zp = zp, .xs = xs, .w = k->w8, .colsum = k->colsum, .wscale = k->wscale, .bias = k->bias,
+        .relu = l->act == QN_ACT_RELU, .y = y, .ldy = l->out,
+    };
+    switch (k->path) {
+    case QN_KPATH_AVX512VNNI: qn_i8_gemm_avx512vnni(&a); break;
+    case QN_KPATH_AVXVNNI: qn_i8_gemm_avxvnni(&a); break;
+    case QN_KPATH_AVX2: qn_i8_gemm_avx2(&a); break;
+    default: qn_i8_gemm_portable(&a); break;
+    }
+    if (l->act != QN_ACT_NONE && l->act != QN_ACT_RELU) qn_cpu_epilogue(y, rows, l->out, l->out, NULL, l->act);
+    return 0;
+}
