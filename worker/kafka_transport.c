@@ -760,6 +760,7 @@ static void admit_held(kt *t)
         t->held_bytes -= len;
         i++;
     }
+    if (i == 0) return; /* (held may still be NULL: nothing ever waited) */
     memmove(t->held, t->held + i, (t->nheld - i) * sizeof *t->held);
     t->nheld -= i;
 }
