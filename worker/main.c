@@ -22,6 +22,7 @@
 #include "tensor.h"
 #include "transport.h"
 #include "zmq_transport.h"
+#include "kafka_transport.h"
 
 #define MAX_TRANSPORTS 4
 
@@ -251,10 +252,6 @@ static int parse_args(int argc, char **argv, worker_opts *o)
 /* Parts that later issues add. Refused clearly rather than ignored. */
 static int refuse_unbuilt(const worker_opts *o)
 {
-    if (o->kafka_brokers) {
-        fprintf(stderr, "quern-worker: the Kafka transport is not built yet (--kafka-brokers)\n");
-        return 2;
-    }
     if (o->broker) {
         fprintf(stderr, "quern-worker: the MDP broker transport is not built yet (--broker)\n");
         return 2;
@@ -350,6 +347,14 @@ int main(int argc, char **argv)
     zctx = zmq_ctx_new();
     if (o.zmq_bind) {
         if (qn_zmq_transport_create(zctx, o.zmq_bind, core, &ts[nt])) goto out;
+        nt++;
+    }
+    if (o.kafka_brokers) {
+        qn_kafka_opts ko = {.brokers = o.kafka_brokers, .topic = o.kafka_topic,
+                            .group = o.kafka_group, .reply_topic = o.reply_topic,
+                            .dlq_topic = o.dlq_topic, .x = o.x_conf, .nx = o.nx,
+                            .limits = o.core.limits};
+        if (qn_kafka_transport_create(&ko, core, &ts[nt])) goto out;
         nt++;
     }
     for (int i = 0; i < nt; i++)
