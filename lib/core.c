@@ -231,6 +231,7 @@ static void submit(qn_core *c, qn_core_local *l, qn_job *job)
 }
 
 void qn_core_submit(qn_core *c, qn_job *job) { submit(c, NULL, job); }
+void qn_core_submit_local(qn_core *c, qn_core_local *l, qn_job *job) { submit(c, l, job); }
 
 static void submit_bytes(qn_core *c, qn_core_local *l, const void *buf, size_t len,
                          const qn_origin *origin)
@@ -357,3 +358,5 @@ void qn_core_local_destroy(qn_core *c, qn_core_local **pl)
     free(l);
     *pl = NULL;
 }
+
+int64_t qn_core_local_rows(const qn_core_local *l) { return l ? l->staged.rows : 0; }

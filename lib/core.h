@@ -73,6 +73,12 @@ void qn_core_local_destroy(qn_core *c, qn_core_local **l);
  * every receive burst) or when the staged batch is full. */
 void qn_core_submit_bytes_local(qn_core *c, qn_core_local *l, const void *buf, size_t len,
                                 const qn_origin *origin);
+/* As qn_core_submit, with the same staging as qn_core_submit_bytes_local. */
+void qn_core_submit_local(qn_core *c, qn_core_local *l, qn_job *job);
+
+/* Rows staged on l and not yet run or queued. */
+int64_t qn_core_local_rows(const qn_core_local *l);
+
 /* Runs and answers every job staged on l. */
 void qn_core_local_flush(qn_core *c, qn_core_local *l);
 

@@ -88,6 +88,7 @@ typedef struct handoff {
 
 typedef struct kt {
     qn_core *core;
+    qn_core_local *local; /* direct-path staging, used by the IO thread only */
     qn_job_limits limits;
     char *topic, *group, *reply_topic, *dlq_topic, *brokers;
     rd_kafka_t *consumer, *producer, *mock_rk;
@@ -635,7 +636,8 @@ static krec *rec_new(const rd_kafka_message_t *m, kpart *p)
 static bool has_room(kt *t, int64_t rows)
 {
     if (atomic_load(&t->inflight) >= t->max_inflight) return false;
-    int64_t q = qn_core_queued_rows(t->core);
+    /* Rows staged in this burst will be queued at its end: count them. */
+    int64_t q = qn_core_queued_rows(t->core) + qn_core_local_rows(t->local);
     /* A job larger than the whole queue never fits: the core answers it. */
     return q == 0 || q + rows <= qn_core_queue_limit(t->core);
 }
@@ -703,7 +705,10 @@ static bool try_admit(kt *t, rd_kafka_message_t *m)
     tl_rec = r;
     tl_msg = m;
     if (t->front_rc == 0) {
-        qn_core_submit(t->core, job);
+        /* Staged until the end of this poll burst, so that a burst becomes
+         * one batch (or runs here, for cheap models) instead of waking an
+         * executor per message. */
+        qn_core_submit_local(t->core, t->local, job);
     } else {
         qn_code code = t->front_err.code ? t->front_err.code : QN_CODE_BAD_MESSAGE;
         qn_core_reply_error(job, QN_STATUS_ERROR, code,
@@ -889,6 +894,7 @@ static void *io_main(void *arg)
                 m = i + 1 < BURST ? rd_kafka_consumer_poll(t->consumer, 0) : NULL;
             }
         }
+        qn_core_local_flush(t->core, t->local);
         uint64_t now = qn_now_ns();
         if (now >= t->next_commit_ns) {
             commit_parts(t, NULL, false);
@@ -921,6 +927,7 @@ static void kt_destroy(void *self)
     atomic_store(&t->intake, 0);
     atomic_store(&t->quit, 1);
     if (t->started) pthread_join(t->tid, NULL);
+    qn_core_local_destroy(t->core, &t->local);
     tl_owner = t; /* the bookkeeping is this thread's from here on */
     drop_held(t, NULL);
     if (t->producer) {
@@ -1098,6 +1105,8 @@ int qn_kafka_transport_create(const qn_kafka_opts *o, qn_core *core, qn_transpor
     if (!t) return QN_ENOMEM;
     pthread_mutex_init(&t->ho_mu, NULL);
     t->core = core;
+    if ((rc = qn_core_local_create(core, &t->local))) goto fail;
+    rc = QN_ENOMEM;
     t->limits = o->limits;
     t->max_inflight = 8192;
     t->commit_interval_ms = 1000;
