@@ -23,6 +23,7 @@ struct qn_core {
     atomic_int_fast64_t inflight;
     atomic_int stopped;
     int direct;          /* direct path enabled */
+    atomic_uint_fast64_t direct_batches, direct_rows;
 };
 
 struct qn_core_local {
@@ -109,7 +110,15 @@ void qn_core_stop(qn_core *c)
 {
     if (atomic_exchange(&c->stopped, 1)) return;
     qn_batcher_close(c->batcher);
+    uint64_t batches = 0, rows = 0, busy_ns = 0;
+    qn_executor_stats(c->exec, &batches, &rows, &busy_ns);
     qn_executor_join(&c->exec);
+    uint64_t db = atomic_load(&c->direct_batches), dr = atomic_load(&c->direct_rows);
+    QN_LOGI("core", "ran %llu rows in %llu executor batches (%.1f rows/batch, %.0f ms busy), %llu "
+            "rows in %llu direct batches (%.1f rows/batch)", (unsigned long long)rows,
+            (unsigned long long)batches, batches ? (double)rows / (double)batches : 0.0,
+            (double)busy_ns / 1e6, (unsigned long long)dr,
+            (unsigned long long)db, db ? (double)dr / (double)db : 0.0);
 }
 
 void qn_core_destroy(qn_core **pc)
@@ -305,6 +314,8 @@ void qn_core_local_flush(qn_core *c, qn_core_local *l)
     /* Cache inserts made here are written by the cache's tick thread, not
      * here: an LMDB write transaction (which may wait for another process's
      * writer) has no place on a transport's IO thread. */
+    atomic_fetch_add(&c->direct_batches, 1);
+    atomic_fetch_add(&c->direct_rows, (uint_fast64_t)b->rows);
     qn_batch_run(c->be, l->ctx, &l->staged, &l->scratch, &h);
     l->staged.njobs = 0;
     l->staged.rows = 0;

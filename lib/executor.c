@@ -26,7 +26,7 @@ struct qn_executor {
     qn_executor_hooks h;
     int n;
     worker *w;
-    atomic_uint_fast64_t batches, rows;
+    atomic_uint_fast64_t batches, rows, busy_ns;
     atomic_int busy;
 };
 
@@ -118,12 +118,14 @@ static void *thread_main(void *arg)
     qn_batch_scratch s = {0};
     while (qn_batcher_pop(ex->b, &batch) == 0) {
         atomic_fetch_add(&ex->busy, 1);
+        uint64_t t0 = qn_now_ns();
         int64_t rows = batch.rows;
         if (qn_batch_run(ex->be, w->ctx, &batch, &s, &ex->h) == 0 && batch.njobs > 0) {
             atomic_fetch_add(&ex->batches, 1);
             atomic_fetch_add(&ex->rows, (uint_fast64_t)rows);
         }
         if (ex->h.batch_done) ex->h.batch_done(ex->h.ud);
+        atomic_fetch_add(&ex->busy_ns, qn_now_ns() - t0);
         atomic_fetch_sub(&ex->busy, 1);
     }
     qn_batch_free(&batch);
@@ -181,8 +183,9 @@ void qn_executor_join(qn_executor **pe)
     *pe = NULL;
 }
 
-void qn_executor_stats(qn_executor *e, uint64_t *batches, uint64_t *rows)
+void qn_executor_stats(qn_executor *e, uint64_t *batches, uint64_t *rows, uint64_t *busy_ns)
 {
+    if (busy_ns) *busy_ns = atomic_load(&e->busy_ns);
     if (batches) *batches = atomic_load(&e->batches);
     if (rows) *rows = atomic_load(&e->rows);
 }

@@ -52,7 +52,8 @@ void qn_executor_join(qn_executor **e);
 /* Threads running a batch right now (a hint: it may change at once). */
 int qn_executor_busy(qn_executor *e);
 
-/* Batches and rows run so far (for logs and tests). */
-void qn_executor_stats(qn_executor *e, uint64_t *batches, uint64_t *rows);
+/* Batches and rows run so far, and the time threads spent running them
+ * (summed over threads), for logs and tests. Any pointer may be NULL. */
+void qn_executor_stats(qn_executor *e, uint64_t *batches, uint64_t *rows, uint64_t *busy_ns);
 
 #endif
