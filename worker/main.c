@@ -287,6 +287,21 @@ int main(int argc, char **argv)
     if ((rc = refuse_unbuilt(&o))) return rc;
     qn_log_init_from_env();
 
+    /* OpenBLAS starts its thread pool when the library loads, before main,
+     * sized from OPENBLAS_NUM_THREADS or the core count; openblas_set_num_threads
+     * cannot take those threads back, and on this 2-core box the idle pool
+     * thread kept spinning in sched_yield (~9% of a core, ~10% fewer jobs/s:
+     * bench/README.md). So when the variable is unset, set it to what we use
+     * and re-exec once; the second start finds it set. */
+    if (!getenv("OPENBLAS_NUM_THREADS")) {
+        char v[16];
+        snprintf(v, sizeof v, "%d", o.blas_threads);
+        if (setenv("OPENBLAS_NUM_THREADS", v, 1) == 0) {
+            execv("/proc/self/exe", argv);
+            QN_LOGW("worker", "re-exec with OPENBLAS_NUM_THREADS=%s failed; continuing", v);
+        }
+    }
+
     /* Libraries start threads of their own (OpenBLAS at load time), so a
      * signal may land on any thread: the handler only writes to a pipe that
      * this thread waits on. A second signal during shutdown is harmless. */
