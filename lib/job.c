@@ -816,19 +816,29 @@ int qn_result_encode(const qn_result *res, qn_buf *out)
 int qn_job_encode_predict(const char *id_str, int64_t id_int, const char *model, int64_t version,
                           const float *inputs, int64_t rows, int64_t cols, qn_buf *out)
 {
+    return qn_job_encode_predict_to(id_str, id_int, model, version, inputs, rows, cols, NULL, out);
+}
+
+int qn_job_encode_predict_to(const char *id_str, int64_t id_int, const char *model, int64_t version,
+                             const float *inputs, int64_t rows, int64_t cols, const char *reply_to,
+                             qn_buf *out)
+{
     if (!model || !out || rows < 1 || cols < 1 || !inputs) return QN_EINVAL;
+    if (reply_to && !*reply_to) return QN_EINVAL;
     if (!tensor_size_ok(rows, cols)) return QN_ETOOLARGE;
     size_t start = out->len;
-    if (buf_reserve(out, 128 + strlen(model) + (id_str ? strlen(id_str) : 0) + (size_t)(rows * cols) * 4))
+    if (buf_reserve(out, 128 + strlen(model) + (id_str ? strlen(id_str) : 0) +
+                             (reply_to ? strlen(reply_to) : 0) + (size_t)(rows * cols) * 4))
         return QN_ENOMEM;
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, pk_write);
-    int e = msgpack_pack_map(&pk, version > 0 ? 6 : 5);
+    int e = msgpack_pack_map(&pk, 5 + (version > 0) + (reply_to != NULL));
     e = e || pk_str(&pk, "v") || msgpack_pack_int64(&pk, 1);
     e = e || pk_str(&pk, "id") || (id_str ? pk_str(&pk, id_str) : msgpack_pack_int64(&pk, id_int));
     e = e || pk_str(&pk, "type") || pk_str(&pk, "predict");
     e = e || pk_str(&pk, "model") || pk_str(&pk, model);
     if (version > 0) e = e || pk_str(&pk, "version") || msgpack_pack_int64(&pk, version);
+    if (reply_to) e = e || pk_str(&pk, "reply_to") || pk_str(&pk, reply_to);
     e = e || pk_str(&pk, "inputs") || pk_tensor(&pk, inputs, rows, cols);
     if (e) {
         out->len = start;

@@ -152,6 +152,11 @@ int qn_result_encode(const qn_result *res, qn_buf *out);
  * client and tests). inputs is rows*cols f32. id_str NULL means id_int. */
 int qn_job_encode_predict(const char *id_str, int64_t id_int, const char *model, int64_t version,
                           const float *inputs, int64_t rows, int64_t cols, qn_buf *out);
+/* The same with a "reply_to" field (the Kafka topic the result should go to;
+ * NULL: none, as qn_job_encode_predict). An empty reply_to is QN_EINVAL. */
+int qn_job_encode_predict_to(const char *id_str, int64_t id_int, const char *model, int64_t version,
+                             const float *inputs, int64_t rows, int64_t cols, const char *reply_to,
+                             qn_buf *out);
 
 /* Decodes a result (for the CLI and tests). On success *out_outputs is a
  * malloc'd rows*cols f32 (or NULL when absent), *out_status/code set, message

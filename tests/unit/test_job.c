@@ -243,6 +243,34 @@ TEST(roundtrip_int_ids)
     }
 }
 
+/* reply_to rides along (the CLI's Kafka path sets it); NULL leaves it out,
+ * an empty one is refused rather than sent as a job the worker would reject. */
+TEST(encode_predict_to_reply_to)
+{
+    float in[2] = {4, 5};
+    qn_buf b = {0};
+    CHECK_EQ_INT(qn_job_encode_predict_to("k-1", 0, "m", 2, in, 1, 2, "quern.predict.77", &b), 0);
+    qn_job *job = NULL;
+    CHECK_EQ_INT(decode_exact(b.data, b.len, NULL, &job, NULL), 0);
+    if (job) {
+        CHECK_STR(job->id.s, "k-1");
+        CHECK_EQ_INT(job->version, 2);
+        CHECK(job->reply_to != NULL);
+        if (job->reply_to) CHECK_STR(job->reply_to, "quern.predict.77");
+        CHECK(memcmp(job->inputs, in, sizeof in) == 0);
+    }
+    qn_job_free(&job);
+    qn_buf_reset(&b);
+    CHECK_EQ_INT(qn_job_encode_predict_to(NULL, 9, "m", 0, in, 1, 2, NULL, &b), 0);
+    CHECK_EQ_INT(decode_exact(b.data, b.len, NULL, &job, NULL), 0);
+    if (job) CHECK(job->reply_to == NULL && job->id.kind == QN_ID_INT && job->id.i == 9);
+    qn_job_free(&job);
+    qn_buf_reset(&b);
+    CHECK_EQ_INT(qn_job_encode_predict_to(NULL, 9, "m", 0, in, 1, 2, "", &b), QN_EINVAL);
+    CHECK_EQ_INT((int)b.len, 0);
+    qn_buf_free(&b);
+}
+
 TEST(big_uint_id_round_trip)
 {
     qn_buf b = J("{v: 1, id: u18446744073709551615, type: 'predict', model: 'm', inputs: " TENSOR_1x2 "}");
@@ -1086,6 +1114,7 @@ int main(void)
 {
     RUN(roundtrip_str_id);
     RUN(roundtrip_int_ids);
+    RUN(encode_predict_to_reply_to);
     RUN(big_uint_id_round_trip);
     RUN(all_optional_fields);
     RUN(array_of_arrays_inputs);
