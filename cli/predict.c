@@ -3,9 +3,14 @@
  * (and for scripts through --output and the exit code), not for load: that
  * is `quern bench`.
  *
+ * Two transports, one flow: read the input, encode the job, exchange it,
+ * judge the replies (take_reply), print. Only the exchange differs.
  * ZeroMQ: a DEALER socket sends the job as a single frame (no empty
  * delimiter, as a DEALER talking to a ROUTER does); the worker answers with
- * the same envelope, so the reply arrives as a single frame too. */
+ * the same envelope, so the reply arrives as a single frame too.
+ * Kafka (kafka_client.c): the job is produced to --topic with its id as key
+ * and reply_to set to --reply-topic, which is then read until the result
+ * with the job's id arrives. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -20,12 +25,15 @@
 #include "cli.h"
 #include "error.h"
 #include "job.h"
+#include "kafka_client.h"
 #include "npy.h"
 #include "tensor.h"
 
 #define PREDICT_USAGE                                                                         \
-    "predict --zmq ENDPOINT --model NAME --input FILE [--version N] [--timeout-ms N] [--id ID] " \
-    "[--output FILE.npy] [--max-rows N]"
+    "predict (--zmq ENDPOINT | --kafka BROKERS [--topic T] [--reply-topic T] [-X key=value]...) " \
+    "--model NAME --input FILE [--version N] [--timeout-ms N] [--id ID] [--output FILE.npy] "      \
+    "[--max-rows N]"
+#define MAX_X 64
 
 static void predict_help(FILE *out)
 {
@@ -33,6 +41,13 @@ static void predict_help(FILE *out)
             "usage: quern " PREDICT_USAGE "\n\n"
             "Sends one predict job and prints the result.\n\n"
             "  --zmq ENDPOINT   a quern-worker's --zmq-bind endpoint, e.g. tcp://127.0.0.1:5555\n"
+            "  --kafka BROKERS  or: Kafka bootstrap servers of workers' --kafka-brokers\n"
+            "                   (a worker started with --kafka-brokers mock logs them)\n"
+            "  --topic T        with --kafka: the job topic (default quern.jobs)\n"
+            "  --reply-topic T  with --kafka: the job's reply_to, read for the result\n"
+            "                   (default quern.predict.PID, auto-created by the brokers)\n"
+            "  -X key=value     with --kafka: a librdkafka property (producer./consumer.\n"
+            "                   prefixes for one side only), as quern-worker's -X"
             "  --model NAME     model name in the worker's repository\n"
             "  --input FILE     .npy (1-D: one row; 2-D: rows x cols; f4/f8/i4/i8/u1) or CSV\n"
             "                   (comma-separated numbers, optional header line)\n"
@@ -124,6 +139,41 @@ static void print_result(const qn_result_view *v, int64_t max_rows)
                v->rows - nrows);
 }
 
+/* What the exchange waits for: the result carrying the job's id. */
+typedef struct awaited {
+    const char *id_str; /* the job's id: a string, or id_int when NULL */
+    int64_t id_int;
+    qn_result_view res; /* the accepted result (outputs owned) */
+    int decode_rc;      /* nonzero: the accepted reply was not a result */
+} awaited;
+
+/* Judges one reply; true when it ends the wait. trusted: the reply is known
+ * to answer this job whatever it holds (the private ZeroMQ socket; on Kafka,
+ * our kafka_correlationId echoed). Only a trusted reply may end the wait
+ * without our id: a nil id is the worker saying it could not read the job,
+ * and an undecodable one is an error worth reporting. Untrusted replies (a
+ * shared reply topic) are skipped unless they carry our id. */
+static bool take_reply(const void *buf, size_t len, bool trusted, void *arg)
+{
+    awaited *a = arg;
+    qn_result_view v;
+    int rc = qn_result_decode(buf, len, &v);
+    if (rc) {
+        if (!trusted) return false;
+        a->decode_rc = rc;
+        return true;
+    }
+    bool mine = a->id_str ? (v.id_kind == QN_ID_STR && !strcmp(v.id_str, a->id_str))
+                          : ((v.id_kind == QN_ID_INT || v.id_kind == QN_ID_UINT) &&
+                             v.id_int == a->id_int);
+    if (mine || (trusted && v.id_kind == QN_ID_NIL)) {
+        a->res = v;
+        return true;
+    }
+    free(v.outputs);
+    return false;
+}
+
 /* Receives one whole message and returns its last frame (the payload, after
  * any envelope) in *payload, which the caller closes. 0 or -1 (errno). */
 static int recv_payload(void *sock, zmq_msg_t *payload)
@@ -137,31 +187,122 @@ static int recv_payload(void *sock, zmq_msg_t *payload)
     }
 }
 
+/* Sends the job to a worker's ROUTER and waits for its result into *a.
+ * *t0 is set when the job is sent. 0 or 1 (the message already printed). */
+static int zmq_exchange(const char *endpoint, const qn_buf *msg, int64_t timeout_ms, awaited *a,
+                        uint64_t *t0)
+{
+    int ret = 1;
+    void *ctx = zmq_ctx_new();
+    void *sock = ctx ? zmq_socket(ctx, ZMQ_DEALER) : NULL;
+    if (!sock) {
+        fprintf(stderr, "quern predict: zmq: %s\n", zmq_strerror(errno));
+        goto out;
+    }
+    int linger = 0, sndtimeo = (int)timeout_ms;
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(sock, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo);
+    if (zmq_connect(sock, endpoint) != 0) {
+        fprintf(stderr, "quern predict: cannot connect to '%s': %s\n", endpoint, zmq_strerror(errno));
+        goto out;
+    }
+    *t0 = qn_now_ns();
+    if (zmq_send(sock, msg->data, msg->len, 0) < 0) {
+        fprintf(stderr, "quern predict: cannot send to %s: %s\n", endpoint, zmq_strerror(errno));
+        goto out;
+    }
+    uint64_t deadline = *t0 + (uint64_t)timeout_ms * 1000000ull;
+    for (;;) {
+        uint64_t now = qn_now_ns();
+        if (now >= deadline) {
+            fprintf(stderr, "quern predict: no result from %s within %" PRId64
+                            " ms (is a worker bound there? --timeout-ms waits longer)\n",
+                    endpoint, timeout_ms);
+            goto out;
+        }
+        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+        long wait_ms = (long)((deadline - now + 999999) / 1000000);
+        int n = zmq_poll(&it, 1, wait_ms);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            fprintf(stderr, "quern predict: zmq_poll: %s\n", zmq_strerror(errno));
+            goto out;
+        }
+        if (n == 0) continue;
+        zmq_msg_t reply;
+        if (recv_payload(sock, &reply) < 0) {
+            fprintf(stderr, "quern predict: receive: %s\n", zmq_strerror(errno));
+            zmq_msg_close(&reply);
+            goto out;
+        }
+        bool done = take_reply(zmq_msg_data(&reply), zmq_msg_size(&reply), true, a);
+        zmq_msg_close(&reply);
+        if (done) break;
+    }
+    ret = 0;
+out:
+    if (sock) zmq_close(sock);
+    if (ctx) zmq_ctx_term(ctx);
+    return ret;
+}
+
+/* The same over Kafka (kafka_client.h). 0, 1 (message printed), or 2 for a
+ * bad -X property (a usage error). */
+static int kafka_exchange(qn_kafka_call *call, awaited *a, uint64_t *t0)
+{
+    char err[768];
+    int rc = qn_kafka_call_run(call, take_reply, a, err, sizeof err);
+    if (rc == QN_ETIMEDOUT) {
+        fprintf(stderr, "quern predict: no result on %s within %" PRId64 " ms: %s (is a worker "
+                        "consuming %s at %s? --timeout-ms waits longer)\n",
+                call->reply_topic, call->timeout_ms, err, call->topic, call->brokers);
+        return 1;
+    }
+    if (rc) {
+        fprintf(stderr, "quern predict: kafka: %s\n", err[0] ? err : qn_strerror(rc));
+        return rc == QN_EINVAL ? 2 : 1;
+    }
+    *t0 = call->produced_ns;
+    return 0;
+}
+
 static int predict_run(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"zmq", required_argument, NULL, 'z'},       {"model", required_argument, NULL, 'm'},
-        {"input", required_argument, NULL, 'i'},     {"version", required_argument, NULL, 'V'},
+        {"zmq", required_argument, NULL, 'z'},        {"model", required_argument, NULL, 'm'},
+        {"input", required_argument, NULL, 'i'},      {"version", required_argument, NULL, 'V'},
         {"timeout-ms", required_argument, NULL, 't'}, {"id", required_argument, NULL, 'I'},
-        {"output", required_argument, NULL, 'o'},    {"max-rows", required_argument, NULL, 'r'},
-        {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0},
+        {"output", required_argument, NULL, 'o'},     {"max-rows", required_argument, NULL, 'r'},
+        {"kafka", required_argument, NULL, 'k'},      {"topic", required_argument, NULL, 'T'},
+        {"reply-topic", required_argument, NULL, 'R'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
-    const char *endpoint = NULL, *model = NULL, *input = NULL, *id_arg = NULL, *output = NULL;
+    const char *endpoint = NULL, *brokers = NULL, *topic = NULL, *reply_topic = NULL;
+    const char *model = NULL, *input = NULL, *id_arg = NULL, *output = NULL;
+    const char *props[MAX_X];
+    int nprops = 0;
     int64_t version = 0, timeout_ms = 10000, max_rows = 100;
     int ret = 1;
     qn_matrix m = {0};
     qn_buf msg = {0};
-    qn_result_view res = {0};
-    void *ctx = NULL, *sock = NULL;
-    zmq_msg_t reply;
-    bool reply_open = false;
+    awaited a = {0};
 
     optind = 1;
     opterr = 0;
     int ch;
-    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "hX:", opts, NULL)) != -1) {
         switch (ch) {
         case 'z': endpoint = optarg; break;
+        case 'k': brokers = optarg; break;
+        case 'T': topic = optarg; break;
+        case 'R': reply_topic = optarg; break;
+        case 'X':
+            if (nprops == MAX_X) {
+                fprintf(stderr, "quern predict: at most %d -X options\n", MAX_X);
+                return 2;
+            }
+            props[nprops++] = optarg;
+            break;
         case 'm': model = optarg; break;
         case 'i': input = optarg; break;
         case 'I': id_arg = optarg; break;
@@ -195,9 +336,17 @@ static int predict_run(int argc, char **argv)
         fprintf(stderr, "quern predict: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (!endpoint || !model || !input) {
-        fprintf(stderr, "quern predict: --zmq, --model and --input are required\n");
+    if (!endpoint == !brokers || !model || !input) {
+        fprintf(stderr, "quern predict: one of --zmq or --kafka, and --model and --input, are required\n");
         predict_help(stderr);
+        return 2;
+    }
+    if (endpoint && (topic || reply_topic || nprops)) {
+        fprintf(stderr, "quern predict: --topic, --reply-topic and -X go with --kafka, not --zmq\n");
+        return 2;
+    }
+    if ((topic && !*topic) || (reply_topic && !*reply_topic)) {
+        fprintf(stderr, "quern predict: --topic and --reply-topic want a topic name\n");
         return 2;
     }
 
@@ -209,100 +358,65 @@ static int predict_run(int argc, char **argv)
     }
 
     /* an id that parses as an integer travels as one */
-    char id_default[64];
-    int64_t id_int = 0;
-    const char *id_str = NULL;
+    char id_default[64], reply_default[64], key[32];
     if (!id_arg) {
         snprintf(id_default, sizeof id_default, "quern-predict-%ld", (long)getpid());
-        id_str = id_default;
-    } else if (!parse_i64(id_arg, INT64_MIN, INT64_MAX, &id_int)) {
-        id_str = id_arg;
+        a.id_str = id_default;
+    } else if (!parse_i64(id_arg, INT64_MIN, INT64_MAX, &a.id_int)) {
+        a.id_str = id_arg;
     }
-    rc = qn_job_encode_predict(id_str, id_int, model, version, m.data, m.rows, m.cols, &msg);
+    if (brokers && !reply_topic) {
+        snprintf(reply_default, sizeof reply_default, "quern.predict.%ld", (long)getpid());
+        reply_topic = reply_default;
+    }
+    rc = qn_job_encode_predict_to(a.id_str, a.id_int, model, version, m.data, m.rows, m.cols,
+                                  brokers ? reply_topic : NULL, &msg);
     if (rc) {
         fprintf(stderr, "quern predict: cannot encode the job: %s\n", qn_strerror(rc));
         goto out;
     }
 
-    ctx = zmq_ctx_new();
-    sock = ctx ? zmq_socket(ctx, ZMQ_DEALER) : NULL;
-    if (!sock) {
-        fprintf(stderr, "quern predict: zmq: %s\n", zmq_strerror(errno));
-        goto out;
+    uint64_t t0 = 0;
+    if (endpoint) {
+        ret = zmq_exchange(endpoint, &msg, timeout_ms, &a, &t0);
+    } else {
+        /* the key is the id as text, as the worker keys its result */
+        if (!a.id_str) snprintf(key, sizeof key, "%" PRId64, a.id_int);
+        qn_kafka_call call = {.brokers = brokers, .topic = topic ? topic : "quern.jobs",
+                              .reply_topic = reply_topic, .key = a.id_str ? a.id_str : key,
+                              .value = msg.data, .len = msg.len, .props = props,
+                              .nprops = nprops, .timeout_ms = timeout_ms};
+        ret = kafka_exchange(&call, &a, &t0);
     }
-    int linger = 0, sndtimeo = (int)timeout_ms;
-    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(sock, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo);
-    if (zmq_connect(sock, endpoint) != 0) {
-        fprintf(stderr, "quern predict: cannot connect to '%s': %s\n", endpoint, zmq_strerror(errno));
-        goto out;
-    }
-    uint64_t t0 = qn_now_ns();
-    if (zmq_send(sock, msg.data, msg.len, 0) < 0) {
-        fprintf(stderr, "quern predict: cannot send to %s: %s\n", endpoint, zmq_strerror(errno));
-        goto out;
-    }
-    uint64_t deadline = t0 + (uint64_t)timeout_ms * 1000000ull;
-    for (;;) {
-        uint64_t now = qn_now_ns();
-        if (now >= deadline) {
-            fprintf(stderr, "quern predict: no result from %s within %" PRId64
-                            " ms (is a worker bound there? --timeout-ms waits longer)\n",
-                    endpoint, timeout_ms);
-            goto out;
-        }
-        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
-        long wait_ms = (long)((deadline - now + 999999) / 1000000);
-        int n = zmq_poll(&it, 1, wait_ms);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            fprintf(stderr, "quern predict: zmq_poll: %s\n", zmq_strerror(errno));
-            goto out;
-        }
-        if (n == 0) continue;
-        if (recv_payload(sock, &reply) < 0) {
-            fprintf(stderr, "quern predict: receive: %s\n", zmq_strerror(errno));
-            reply_open = true;
-            goto out;
-        }
-        reply_open = true;
-        rc = qn_result_decode(zmq_msg_data(&reply), zmq_msg_size(&reply), &res);
-        zmq_msg_close(&reply);
-        reply_open = false;
-        if (rc) {
-            fprintf(stderr, "quern predict: the reply is not a valid result message (%s)\n",
-                    qn_strerror(rc));
-            goto out;
-        }
-        bool mine = id_str ? (res.id_kind == QN_ID_STR && !strcmp(res.id_str, id_str))
-                           : ((res.id_kind == QN_ID_INT || res.id_kind == QN_ID_UINT) &&
-                              res.id_int == id_int);
-        /* a nil id is the worker saying it could not read our job at all */
-        if (mine || res.id_kind == QN_ID_NIL) break;
-        free(res.outputs);
-        memset(&res, 0, sizeof res);
-    }
+    if (ret) goto out;
+    ret = 1;
     double ms = (double)(qn_now_ns() - t0) / 1e6;
+    const qn_result_view *res = &a.res;
 
-    if (res.status != QN_STATUS_OK) {
-        printf("status   %s\n", qn_status_name(res.status));
-        if (res.model[0]) printf("model    %s\n", res.model);
-        fprintf(stderr, "quern predict: %s: %s: %s\n", qn_status_name(res.status),
-                res.code != QN_CODE_NONE ? qn_code_name(res.code) : "(no code)",
-                res.message[0] ? res.message : "(no message)");
+    if (a.decode_rc) {
+        fprintf(stderr, "quern predict: the reply is not a valid result message (%s)\n",
+                qn_strerror(a.decode_rc));
         goto out;
     }
-    if (res.outputs && res.rows != m.rows)
+    if (res->status != QN_STATUS_OK) {
+        printf("status   %s\n", qn_status_name(res->status));
+        if (res->model[0]) printf("model    %s\n", res->model);
+        fprintf(stderr, "quern predict: %s: %s: %s\n", qn_status_name(res->status),
+                res->code != QN_CODE_NONE ? qn_code_name(res->code) : "(no code)",
+                res->message[0] ? res->message : "(no message)");
+        goto out;
+    }
+    if (res->outputs && res->rows != m.rows)
         fprintf(stderr, "quern predict: warning: %" PRId64 " input rows but %" PRId64 " output rows\n",
-                m.rows, res.rows);
-    print_result(&res, max_rows);
+                m.rows, res->rows);
+    print_result(res, max_rows);
     printf("\n%" PRId64 " rows in %.2f ms\n", m.rows, ms);
     if (output) {
-        if (!res.outputs) {
+        if (!res->outputs) {
             fprintf(stderr, "quern predict: no outputs to write to %s\n", output);
             goto out;
         }
-        rc = qn_npy_write_f32(output, res.outputs, res.rows, res.cols);
+        rc = qn_npy_write_f32(output, res->outputs, res->rows, res->cols);
         if (rc) {
             fprintf(stderr, "quern predict: cannot write %s: %s\n", output,
                     rc == QN_EIO ? strerror(errno) : qn_strerror(rc));
@@ -311,12 +425,9 @@ static int predict_run(int argc, char **argv)
     }
     ret = 0;
 out:
-    if (reply_open) zmq_msg_close(&reply);
-    free(res.outputs);
+    free(a.res.outputs);
     qn_buf_free(&msg);
     qn_matrix_free(&m);
-    if (sock) zmq_close(sock);
-    if (ctx) zmq_ctx_term(ctx);
     return ret;
 }
 
