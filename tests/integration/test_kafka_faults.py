@@ -14,6 +14,10 @@ from qn_harness import Runner, make_repo, predict_job, quern_model
 
 SMALL = quern_model.random_mlp([16, 32, 4], ["relu", "none"], 3)
 SLOW = quern_model.random_mlp([256, 1024, 1024, 16], ["relu", "relu", "none"], 4)
+# ~0.7 ms per 8-row job on one executor: a 3000-job stream lasts seconds, so
+# a stop requested after the first few hundred results lands mid-stream even
+# when the collector is slow to see them (ctest -j2 on 2 cores).
+SLOWER = quern_model.random_mlp([256, 2048, 2048, 16], ["relu", "relu", "none"], 5)
 
 
 def jobs(n, start=0, model="m", cols=16):
@@ -119,9 +123,10 @@ def test_sigterm_then_restart(repo):
     with Mock(["quern.jobs:8", "quern.results:8", "quern.dlq:2"]) as mk:
         x = np.ones((8, 256), np.float32)  # 8 rows a job: slow enough to stop mid-stream
         produce_jobs(producer(mk.bootstrap), "quern.jobs",
-                     [predict_job(i, "slow", x) for i in range(n)])
+                     [predict_job(i, "slower", x) for i in range(n)])
         col = Collector(mk.bootstrap, ["quern.results"])
-        with kafka_worker(repo, mk.bootstrap, "--max-batch", "16", "-X", "quern.max.inflight=200") as w:
+        with kafka_worker(repo, mk.bootstrap, "--max-batch", "16", "--threads", "1",
+                          "-X", "quern.max.inflight=200") as w:
             col.wait(lambda m: len(m) >= 300, 60)
             assert w.stop() == 0
             first = len(col.wait(lambda m: False, 2))
@@ -140,7 +145,7 @@ def test_sigterm_then_restart(repo):
 
 
 if __name__ == "__main__":
-    repo = make_repo({"m": {1: SMALL}, "slow": {1: SLOW}})
+    repo = make_repo({"m": {1: SMALL}, "slow": {1: SLOW}, "slower": {1: SLOWER}})
     r = Runner()
     r.run(test_broker_down, repo)
     r.run(test_delivery_failure_goes_to_dlq, repo)
