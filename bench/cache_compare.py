@@ -9,6 +9,7 @@ is inserted. Interleaved repeats, medians.
 usage: /usr/bin/python3 bench/cache_compare.py [--build build] [--repeats 3]
 """
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -20,14 +21,15 @@ sys.path.insert(0, HERE)
 import zmq_compare as zc  # noqa: E402
 
 
-def bench(build, ep, model, cols, jobs, window, pool, warmup):
+def bench(build, ep, model, cols, jobs, pool, warmup, seed=1):
+    """One `quern bench` run, 256 in flight; returns its JSON line."""
     cmd = [os.path.join(build, "quern"), "bench", "--zmq", ep, "--model", model, "--cols", str(cols),
-           "--jobs", str(jobs), "--window", str(window), "--pool", str(pool), "--warmup", str(warmup), "--json"]
+           "--jobs", str(jobs), "--window", "256", "--pool", str(pool), "--warmup", str(warmup),
+           "--seed", str(seed), "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     line = [l for l in out.stdout.splitlines() if l.startswith("{")]
     if out.returncode != 0 or not line:
         raise RuntimeError(out.stdout + out.stderr)
-    import json
     return json.loads(line[-1])
 
 
@@ -55,8 +57,7 @@ def main():
                     ("ceiling", ceil_ep, "m", 64, 100000, 256, 2000)]
             for (label, ep, model, cols, jobs, pool, warm) in runs:
                 # fresh seeds for miss runs so that no input was seen before
-                r = bench(a.build, ep, model, cols, jobs, 256, pool, warm) if "miss" not in label else \
-                    bench_seed(a.build, ep, model, cols, jobs, pool, warm, 1000 + rep)
+                r = bench(a.build, ep, model, cols, jobs, pool, warm, 1000 + rep if "miss" in label else 1)
                 res.setdefault(label, []).append(r)
                 print("# rep %d %s: %.0f jobs/s p50 %.1f us" % (rep, label, r["jobs_per_s"],
                       r["latency_us"]["p50"]), file=sys.stderr, flush=True)
@@ -72,18 +73,6 @@ def main():
     print()
     print("- wide: hit path / miss path = %.2fx" % (med["wide hit"] / med["wide miss"]))
     print("- small hits / ceiling = %.0f%%" % (100 * med["small hit"] / med["ceiling"]))
-
-
-def bench_seed(build, ep, model, cols, jobs, pool, warmup, seed):
-    cmd = [os.path.join(build, "quern"), "bench", "--zmq", ep, "--model", model, "--cols", str(cols),
-           "--jobs", str(jobs), "--window", "256", "--pool", str(pool), "--warmup", str(warmup),
-           "--seed", str(seed), "--json"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    line = [l for l in out.stdout.splitlines() if l.startswith("{")]
-    if out.returncode != 0 or not line:
-        raise RuntimeError(out.stdout + out.stderr)
-    import json
-    return json.loads(line[-1])
 
 
 if __name__ == "__main__":

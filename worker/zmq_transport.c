@@ -57,6 +57,27 @@ static void free_buf(void *data, void *hint)
     free(data);
 }
 
+/* Sends the envelope frames, then body (ownership of body.data passes to
+ * ZeroMQ: zero-copy). */
+static void send_reply(void *sock, const unsigned char *env, const qn_buf *body)
+{
+    uint32_t nframes;
+    memcpy(&nframes, env, 4);
+    const unsigned char *r = env + 4;
+    for (uint32_t i = 0; i < nframes; i++) {
+        uint32_t len;
+        memcpy(&len, r, 4);
+        zmq_send(sock, r + 4, len, ZMQ_SNDMORE);
+        r += 4 + len;
+    }
+    zmq_msg_t m;
+    zmq_msg_init_data(&m, body->data, body->len, free_buf, NULL);
+    if (zmq_msg_send(&m, sock, 0) < 0) {
+        QN_LOGW("zmq", "reply send failed: %s", zmq_strerror(zmq_errno()));
+        zmq_msg_close(&m);
+    }
+}
+
 /* Runs on the completing thread (IO or executor). */
 static void zt_complete(qn_job *job, const qn_result *res)
 {
@@ -74,39 +95,17 @@ static void zt_complete(qn_job *job, const qn_result *res)
             goto out;
         }
     }
-    uint32_t nframes;
-    memcpy(&nframes, env, 4);
-    const unsigned char *r = env + 4;
     if (t->started && pthread_equal(pthread_self(), t->tid)) {
         /* On the IO thread (errors at admission, the direct path): the
          * ROUTER is ours, send straight to it. */
-        for (uint32_t i = 0; i < nframes; i++) {
-            uint32_t len;
-            memcpy(&len, r, 4);
-            zmq_send(t->router, r + 4, len, ZMQ_SNDMORE);
-            r += 4 + len;
-        }
-        zmq_msg_t m;
-        zmq_msg_init_data(&m, body.data, body.len, free_buf, NULL);
-        if (zmq_msg_send(&m, t->router, 0) < 0) zmq_msg_close(&m);
+        send_reply(t->router, env, &body);
         if (final) atomic_fetch_sub(&t->inflight, 1);
         goto out;
     }
     char marker = final ? 'F' : 'P';
     pthread_mutex_lock(&t->push_mu);
     zmq_send(t->push, &marker, 1, ZMQ_SNDMORE);
-    for (uint32_t i = 0; i < nframes; i++) {
-        uint32_t len;
-        memcpy(&len, r, 4);
-        zmq_send(t->push, r + 4, len, ZMQ_SNDMORE);
-        r += 4 + len;
-    }
-    zmq_msg_t m;
-    zmq_msg_init_data(&m, body.data, body.len, free_buf, NULL); /* zmq owns body now */
-    if (zmq_msg_send(&m, t->push, 0) < 0) {
-        QN_LOGE("zmq", "inproc send failed: %s", zmq_strerror(zmq_errno()));
-        zmq_msg_close(&m);
-    }
+    send_reply(t->push, env, &body);
     pthread_mutex_unlock(&t->push_mu);
 out:
     if (final) {
