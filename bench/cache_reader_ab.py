@@ -2,7 +2,8 @@
 two quern-workers (OLD, a binary copied aside, and NEW, this build), each
 with its own --cache-dir, and the transport's ceiling (bench/ceiling_router)
 up at once; 4 interleaved rounds of 200,000 hits of the small 64->128->10
-model (a pool of 256 inputs, warmup 2000 fills the cache) against each.
+model (a pool of 256 inputs, warmup 2000 fills the cache) against each,
+old and new taking turns to go first.
 Prints per-round jobs/s, medians and ratios to the ceiling, and each
 worker's CPU time (user+sys, all its threads, from /proc) per job: on a
 shared machine that moves less with the neighbours' load than jobs/s does.
@@ -52,7 +53,8 @@ def main():
             pids[label] = procs[-1].pid
         res, cpu = {}, {}
         for rnd in range(a.rounds):
-            for label in ("old", "new", "ceiling"):
+            # who goes first alternates, so that neither always follows the ceiling
+            for label in (("old", "new") if rnd % 2 == 0 else ("new", "old")) + ("ceiling",):
                 model = "m" if label == "ceiling" else "small"
                 c0 = cpu_s(pids[label]) if label in pids else 0.0
                 r = bench(a.build, eps[label], model, 64, a.jobs, 256, 256, 2000)
