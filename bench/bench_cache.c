@@ -115,6 +115,8 @@ int main(int argc, char **argv)
     for (uint64_t i = 0; i < nk; i++) key_of(n_entries + i, "mlp", mkeys[i]);
 
     double r_key16[99], r_key256[99], r_hit[99], r_hit_alloc[99], r_miss[99], r_bumpflush[99];
+    double r_sess[2][99]; /* hits in reader sessions of 32 and of 256 lookups */
+    const uint64_t sess_len[2] = {32, 256};
     for (int r = 0; r < reps; r++) {
         input_of(7, in, 256);
         double t0 = now_us();
@@ -129,6 +131,22 @@ int main(int argc, char **argv)
         for (uint64_t i = 0; i < n_lookups; i++) hits += qn_cache_get_into(c, keys[i % nk], 1, 16, got) == 0;
         r_hit[r] = (now_us() - t0) / (double)n_lookups;
         if (hits != n_lookups) { fprintf(stderr, "expected all hits, got %llu\n", (unsigned long long)hits); return 1; }
+        /* the same lookups in reader sessions (one read txn and one locked
+         * bump step per session, as the direct path's receive burst) */
+        for (int s = 0; s < 2; s++) {
+            qn_cache_flush(c);
+            hits = 0;
+            t0 = now_us();
+            for (uint64_t i = 0; i < n_lookups;) {
+                qn_cache_reader *rd;
+                if (qn_cache_reader_begin(c, &rd)) { fprintf(stderr, "reader_begin failed\n"); return 1; }
+                for (uint64_t j = 0; j < sess_len[s] && i < n_lookups; j++, i++)
+                    hits += qn_cache_reader_get_into(rd, keys[i % nk], 1, 16, got) == 0;
+                qn_cache_reader_end(&rd);
+            }
+            r_sess[s][r] = (now_us() - t0) / (double)n_lookups;
+            if (hits != n_lookups) { fprintf(stderr, "sessions: expected all hits\n"); return 1; }
+        }
         qn_cache_flush(c);
         /* a hits-only flush: the bumps of 1024 hits on distinct keys */
         for (uint64_t i = 0; i < 1024; i++) qn_cache_get_into(c, keys[(i * 61) % nk], 1, 16, got);
@@ -151,6 +169,8 @@ int main(int argc, char **argv)
     printf("  key hash, 1x16 input            %8.3f us\n", median(r_key16, reps));
     printf("  key hash, 1x256 input           %8.3f us\n", median(r_key256, reps));
     printf("  hit, get_into 1x16 output       %8.3f us\n", median(r_hit, reps));
+    printf("  hit, reader session of 32       %8.3f us\n", median(r_sess[0], reps));
+    printf("  hit, reader session of 256      %8.3f us\n", median(r_sess[1], reps));
     printf("  hit, get (malloc) 1x16 output   %8.3f us\n", median(r_hit_alloc, reps));
     printf("  miss                            %8.3f us\n", median(r_miss, reps));
     printf("  bump write (1024 in one flush)  %8.3f us per bump\n", median(r_bumpflush, reps));

@@ -66,6 +66,9 @@ enum { ST_HITS, ST_MISSES, ST_INSERTS, ST_EVICTIONS, ST_CSUM, ST_WFAIL, ST_BYTES
 #define FILL_DEN 1u
 
 #define RPOOL_MAX 64
+/* Hits one reader session buffers before it takes the pending lock (a burst
+ * is rarely longer; a longer one just takes it more than once). */
+#define READER_BUMPS 256
 #define BUMP_CAP 8192u   /* distinct keys with pending bumps (power of two) */
 #define DEL_CAP 256
 #define EVICT_POOL 16
@@ -110,6 +113,8 @@ struct qn_cache {
     pthread_mutex_t rpool_mu;
     MDB_txn *rpool[RPOOL_MAX];
     int nrpool;
+    qn_cache_reader *readers; /* idle reader sessions, each with its reset txn (under rpool_mu) */
+    int nreaders;
 
     pthread_mutex_t pend_mu;
     pending pend;
@@ -385,23 +390,28 @@ static void rtxn_put(qn_cache *c, MDB_txn *t)
 
 /* ---- pending work */
 
+/* Caller holds pend_mu. */
+static void record_bump_locked(qn_cache *c, uint64_t k0, uint64_t k1)
+{
+    bump *tab = c->pend.bumps;
+    uint32_t i = (uint32_t)(k0 ^ (k1 >> 7)) & (BUMP_CAP - 1);
+    for (uint32_t probe = 0; probe < 32; probe++, i = (i + 1) & (BUMP_CAP - 1)) {
+        if (tab[i].n && tab[i].k0 == k0 && tab[i].k1 == k1) { tab[i].n++; return; }
+        if (!tab[i].n) {
+            if (c->pend.nbumps >= BUMP_CAP / 2) return; /* full enough: drop; LFU is approximate */
+            tab[i].k0 = k0;
+            tab[i].k1 = k1;
+            tab[i].n = 1;
+            c->pend.nbumps++;
+            return;
+        }
+    }
+}
+
 static void record_bump(qn_cache *c, const uint64_t key[2])
 {
     pthread_mutex_lock(&c->pend_mu);
-    bump *tab = c->pend.bumps;
-    uint32_t i = (uint32_t)(key[0] ^ (key[1] >> 7)) & (BUMP_CAP - 1);
-    for (uint32_t probe = 0; probe < 32; probe++, i = (i + 1) & (BUMP_CAP - 1)) {
-        if (tab[i].n && tab[i].k0 == key[0] && tab[i].k1 == key[1]) { tab[i].n++; goto out; }
-        if (!tab[i].n) {
-            if (c->pend.nbumps >= BUMP_CAP / 2) break; /* full enough: drop; LFU is approximate */
-            tab[i].k0 = key[0];
-            tab[i].k1 = key[1];
-            tab[i].n = 1;
-            c->pend.nbumps++;
-            goto out;
-        }
-    }
-out:
+    record_bump_locked(c, key[0], key[1]);
     pthread_mutex_unlock(&c->pend_mu);
 }
 
@@ -509,6 +519,123 @@ int qn_cache_get(qn_cache *c, const uint64_t key[2], float **out, int64_t *rows,
         cnt_add(&c->misses, 1);
     }
     return rc;
+}
+
+/* ---- reader sessions: one read txn and one pending-lock step per burst.
+ * Idle sessions are kept with their reset txn, so begin is a pop and an
+ * mdb_txn_renew, and end an mdb_txn_reset and a push: no allocation and no
+ * trip through LMDB's reader-table mutex in steady state. */
+
+struct qn_cache_reader {
+    qn_cache *c;
+    MDB_txn *t;              /* reset while idle; NULL when none could be made */
+    bool live;               /* t renewed for this session (false: the cache is broken, every get misses) */
+    qn_cache_reader *next;   /* in c->readers while idle */
+    size_t nb;
+    uint64_t bk[READER_BUMPS][2];
+};
+
+static void reader_push_bumps(qn_cache_reader *r)
+{
+    if (!r->nb) return;
+    qn_cache *c = r->c;
+    pthread_mutex_lock(&c->pend_mu);
+    for (size_t i = 0; i < r->nb; i++) record_bump_locked(c, r->bk[i][0], r->bk[i][1]);
+    pthread_mutex_unlock(&c->pend_mu);
+    r->nb = 0;
+}
+
+int qn_cache_reader_begin(qn_cache *c, qn_cache_reader **out)
+{
+    if (!c || !out) return QN_EINVAL;
+    *out = NULL;
+    pthread_mutex_lock(&c->rpool_mu);
+    qn_cache_reader *r = c->readers;
+    if (r) { c->readers = r->next; c->nreaders--; }
+    pthread_mutex_unlock(&c->rpool_mu);
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r) return QN_ENOMEM;
+        r->c = c;
+    }
+    r->next = NULL;
+    r->nb = 0;
+    r->live = false;
+    if (atomic_load_explicit(&c->broken, memory_order_relaxed)) {
+        /* as get_into: a broken cache reads as all misses; its txn stays
+         * reset (a renew could hit the corruption again) */
+        *out = r;
+        return 0;
+    }
+    int rc = MDB_BAD_TXN;
+    if (r->t) {
+        rc = mdb_txn_renew(r->t);
+        if (rc) { mdb_txn_abort(r->t); r->t = NULL; }
+    }
+    if (rc) {
+        rc = mdb_txn_begin(c->env, NULL, MDB_RDONLY, &r->t);
+        if (rc) {
+            QN_LOGW(MOD, "%s: read txn: %s", c->dir, mdb_strerror(rc));
+            r->t = NULL;
+            free(r);
+            return from_mdb(rc);
+        }
+    }
+    r->live = true;
+    *out = r;
+    return 0;
+}
+
+int qn_cache_reader_get_into(qn_cache_reader *r, const uint64_t key[2], int64_t rows, int64_t cols, float *out)
+{
+    if (!r || !key || rows < 0 || cols < 0 || (rows && cols && !out)) return QN_EINVAL;
+    qn_cache *c = r->c;
+    if (!r->live || atomic_load_explicit(&c->broken, memory_order_relaxed)) {
+        cnt_add(&c->misses, 1);
+        return QN_ENOTFOUND;
+    }
+    uint8_t kb[16];
+    MDB_val val;
+    int rc = lookup(c, r->t, key, kb, &val);
+    if (rc == 0) {
+        const unsigned char *v = val.mv_data;
+        if ((int64_t)get_u32(v + 8) != rows || (int64_t)get_u32(v + 12) != cols) rc = QN_ESHAPE;
+        else memcpy(out, v + VAL_HDR, val.mv_size - VAL_HDR);
+    }
+    if (rc == 0) {
+        cnt_add(&c->hits, 1);
+        if (r->nb == READER_BUMPS) reader_push_bumps(r);
+        r->bk[r->nb][0] = key[0];
+        r->bk[r->nb][1] = key[1];
+        r->nb++;
+    } else {
+        cnt_add(&c->misses, 1);
+    }
+    return rc;
+}
+
+void qn_cache_reader_end(qn_cache_reader **pr)
+{
+    if (!pr || !*pr) return;
+    qn_cache_reader *r = *pr;
+    qn_cache *c = r->c;
+    *pr = NULL;
+    /* the snapshot goes first: a writer can reuse its pages from here on */
+    if (r->live) mdb_txn_reset(r->t);
+    r->live = false;
+    reader_push_bumps(r);
+    pthread_mutex_lock(&c->rpool_mu);
+    if (c->nreaders < RPOOL_MAX) {
+        r->next = c->readers;
+        c->readers = r;
+        c->nreaders++;
+        r = NULL;
+    }
+    pthread_mutex_unlock(&c->rpool_mu);
+    if (r) {
+        if (r->t) mdb_txn_abort(r->t);
+        free(r);
+    }
 }
 
 /* ---- put */
@@ -1299,6 +1426,15 @@ void qn_cache_close(qn_cache **pc)
         flush_impl(c, true);
         for (int i = 0; i < c->nrpool; i++) mdb_txn_abort(c->rpool[i]);
         c->nrpool = 0;
+    }
+    while (c->readers) {
+        qn_cache_reader *r = c->readers;
+        c->readers = r->next;
+        if (r->t) mdb_txn_abort(r->t);
+        free(r);
+    }
+    c->nreaders = 0;
+    if (c->env) {
         if (!c->o.durable) mdb_env_sync(c->env, 1);
         env_close(c);
     }

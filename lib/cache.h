@@ -9,6 +9,8 @@
  * Shape of use (the worker's core):
  *   admission:  qn_cache_key(...) then qn_cache_get_into(...): a hit answers
  *               the job at once; any non-zero return means "compute it".
+ *               A burst of jobs (the direct path's staged jobs) does the
+ *               same inside one reader session (qn_cache_reader_*).
  *   completion: qn_cache_put(...) for each ok result (copies the outputs into
  *               an in-memory pending list; never touches LMDB).
  *   per batch:  qn_cache_flush(c): every pending insert, every frequency bump
@@ -19,7 +21,8 @@
  * Reads (get) only ever open read-only transactions: they never wait for the
  * writer lock, and a writer never waits for them.
  *
- * Every call is thread-safe except open and close. Errors are QN_E* codes;
+ * Every call is thread-safe except open and close, and the reader session
+ * calls below, which act on a session owned by one thread. Errors are QN_E* codes;
  * LMDB's own are translated here and logged with mdb_strerror. A cache that
  * fails at run time (disk full, map full) stops writing for a while and keeps
  * serving reads: its callers only ever lose the cache, never the job. */
@@ -104,6 +107,38 @@ int qn_cache_get_into(qn_cache *c, const uint64_t key[2], int64_t rows, int64_t 
 /* As get_into, but for a caller that does not know the shape: on a hit *out
  * is a new malloc'd array the caller frees, *rows and *cols its shape. */
 int qn_cache_get(qn_cache *c, const uint64_t key[2], float **out, int64_t *rows, int64_t *cols);
+
+/* ---- reader sessions: many lookups in one read transaction.
+ * For a burst of lookups (the core's staged jobs of one receive burst):
+ * begin takes one read transaction, each get is an mdb_get and a checksum
+ * with no lock, and end releases the transaction and records the session's
+ * frequency bumps under the pending lock once (written at the next flush, as
+ * get_into's). Hits, misses and checksum failures count as with get_into.
+ *
+ * A session pins one LMDB snapshot for as long as it is open: it does not
+ * see what is flushed meanwhile, and the pages it sees cannot be reused by a
+ * writer, so a long-held session grows data.mdb toward the map bound. Hold
+ * one for a single burst only, and never across a wait. A session belongs to
+ * the thread that began it (not thread-safe); different threads use
+ * different sessions at the same time freely. Every session must be ended
+ * before qn_cache_close. */
+typedef struct qn_cache_reader qn_cache_reader;
+
+/* Begins a session on c. Returns 0 and *out (also when the cache is broken:
+ * its gets then all miss), or QN_EINVAL, QN_ENOMEM, QN_EEXTERNAL (no read
+ * transaction: logged; the caller falls back to qn_cache_get_into or to
+ * computing). The session is the cache's: release it with reader_end. */
+int qn_cache_reader_begin(qn_cache *c, qn_cache_reader **out);
+
+/* As qn_cache_get_into, inside the session: same returns (0 on a hit with out
+ * filled; QN_ENOTFOUND, QN_ESHAPE, QN_EEXTERNAL, QN_EINVAL; any non-zero
+ * means compute), the hit's bump held by the session until end. */
+int qn_cache_reader_get_into(qn_cache_reader *r, const uint64_t key[2], int64_t rows, int64_t cols,
+                             float *out);
+
+/* Ends the session: releases its snapshot, then records its bumps in one
+ * locked step. Sets *r NULL; NULL-safe. */
+void qn_cache_reader_end(qn_cache_reader **r);
 
 /* Queues one entry (copies data, rows*cols floats) for the next flush.
  * An entry that already exists at flush time is kept as it is (and counts

@@ -161,8 +161,10 @@ static int64_t flops_per_row(const qn_model *m)
 }
 
 /* Answers job from the cache if it is there (returns 1). Keys on the
- * version that serves the job, so another version never sees its entries. */
-static int cache_lookup(qn_core *c, qn_job *job, qn_model *m)
+ * version that serves the job, so another version never sees its entries.
+ * With rd the lookup runs in that reader session (one read txn for a whole
+ * burst); without, in a read txn of its own. */
+static int cache_lookup(qn_core *c, qn_job *job, qn_model *m, qn_cache_reader *rd)
 {
     if (qn_cache_key(m->name, m->version, job->rows, job->cols, job->inputs, job->cache_key) != 0)
         return 0;
@@ -171,7 +173,8 @@ static int cache_lookup(qn_core *c, qn_job *job, qn_model *m)
     float stackbuf[1024];
     float *out = n <= 1024 ? stackbuf : malloc((size_t)n * sizeof(float));
     if (!out) return 0;
-    int hit = qn_cache_get_into(c->o.cache, job->cache_key, job->rows, m->out_dim, out) == 0;
+    int hit = (rd ? qn_cache_reader_get_into(rd, job->cache_key, job->rows, m->out_dim, out)
+                  : qn_cache_get_into(c->o.cache, job->cache_key, job->rows, m->out_dim, out)) == 0;
     if (hit) {
         qn_result res = {.type = QN_RESULT_FINAL, .status = QN_STATUS_OK, .id = &job->id,
                          .model = m->name, .version = m->version, .rows = job->rows,
@@ -227,7 +230,7 @@ static void admit(qn_core *c, qn_core_local *l, qn_job *job)
         stage(c, l, job);
         return;
     }
-    if (c->o.cache && job->cache && cache_lookup(c, job, m)) return;
+    if (c->o.cache && job->cache && cache_lookup(c, job, m, NULL)) return;
     enqueue(c, job);
 }
 
@@ -301,13 +304,20 @@ void qn_core_local_flush(qn_core *c, qn_core_local *l)
      * together, which costs the socket's IO thread far fewer wakeups than
      * one reply per received message (bench/README.md). */
     if (c->o.cache) {
+        /* One read txn and one bump-recording step for the whole burst
+         * rather than per job (bench/notes/cache.md). The session is ended
+         * before any computing: it pins an LMDB snapshot. Without one (no
+         * read txn could be had) each lookup tries on its own. */
+        qn_cache_reader *rd = NULL;
+        if (qn_cache_reader_begin(c->o.cache, &rd) != 0) rd = NULL;
         int w = 0;
         for (int i = 0; i < b->njobs; i++) {
             qn_job *job = b->jobs[i];
             int64_t rows = job->rows;
-            if (job->cache && cache_lookup(c, job, b->model)) b->rows -= rows;
+            if (job->cache && cache_lookup(c, job, b->model, rd)) b->rows -= rows;
             else b->jobs[w++] = job;
         }
+        qn_cache_reader_end(&rd);
         b->njobs = w;
         if (w == 0) {
             b->model = NULL;

@@ -310,6 +310,186 @@ TEST(checksum_corruption)
     CHECK_EQ_INT(raw_count(dir, "lfu"), 8);
 }
 
+/* The LFU counter stored for key, read raw (the cache must be closed); -1
+ * when there is none. */
+static int raw_lfu(const char *dir, const uint64_t key[2])
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    int n = -1;
+    unsigned char kb[16];
+    memcpy(kb, &key[0], 8);
+    memcpy(kb + 8, &key[1], 8);
+    MDB_val k = {16, kb}, v;
+    mdb_env_create(&env);
+    mdb_env_set_maxdbs(env, 4);
+    if (mdb_env_open(env, dir, MDB_NOTLS | MDB_RDONLY, 0644) == 0 &&
+        mdb_txn_begin(env, NULL, MDB_RDONLY, &txn) == 0) {
+        if (mdb_dbi_open(txn, "lfu", 0, &dbi) == 0 && mdb_get(txn, dbi, &k, &v) == 0 && v.mv_size >= 1)
+            n = ((unsigned char *)v.mv_data)[0];
+        mdb_txn_abort(txn);
+    }
+    mdb_env_close(env);
+    return n;
+}
+
+/* A reader session answers as get_into does (hits bit-exact, misses, shape
+ * mismatches, bad arguments, the same counters) and reads one snapshot. */
+TEST(reader_session)
+{
+    char *dir = tmpdir("cache_rd");
+    qn_cache_opts o = test_opts();
+    qn_cache *c = NULL;
+    CHECK_EQ_INT(qn_cache_open(dir, 8, &o, &c), 0);
+    if (!c) return;
+    CHECK_EQ_INT(put_range(c, 0, 10, 100), 0);
+    qn_cache_reader *r = NULL;
+    CHECK_EQ_INT(qn_cache_reader_begin(NULL, &r), QN_EINVAL);
+    CHECK_EQ_INT(qn_cache_reader_begin(c, NULL), QN_EINVAL);
+    CHECK_EQ_INT(qn_cache_reader_begin(c, &r), 0);
+    CHECK(r != NULL);
+    int ok = 0;
+    for (uint64_t i = 0; i < 10; i++) {
+        uint64_t k[2];
+        float got[16], want[16];
+        key_of(i, k);
+        fill_out(want, 16, i);
+        memset(got, 0, sizeof got);
+        ok += qn_cache_reader_get_into(r, k, 1, 16, got) == 0 && !memcmp(got, want, sizeof want);
+    }
+    CHECK_EQ_INT(ok, 10);
+    uint64_t k3[2], k50[2], k20[2];
+    key_of(3, k3);
+    key_of(50, k50);
+    key_of(20, k20);
+    float f[16];
+    CHECK_EQ_INT(qn_cache_reader_get_into(r, k50, 1, 16, f), QN_ENOTFOUND);
+    CHECK_EQ_INT(qn_cache_reader_get_into(r, k3, 2, 8, f), QN_ESHAPE);
+    CHECK_EQ_INT(qn_cache_reader_get_into(r, k3, -1, 16, f), QN_EINVAL);
+    CHECK_EQ_INT(qn_cache_reader_get_into(r, NULL, 1, 16, f), QN_EINVAL);
+    CHECK_EQ_INT(qn_cache_reader_get_into(NULL, k3, 1, 16, f), QN_EINVAL);
+    /* the old calls work beside an open session, and a second session of
+     * the same thread is independent */
+    CHECK_EQ_INT(qn_cache_get_into(c, k3, 1, 16, f), 0);
+    qn_cache_reader *r2 = NULL;
+    CHECK_EQ_INT(qn_cache_reader_begin(c, &r2), 0);
+    CHECK_EQ_INT(qn_cache_reader_get_into(r2, k3, 1, 16, f), 0);
+    qn_cache_reader_end(&r2);
+    CHECK(r2 == NULL);
+    /* a flush during the session is not seen by it (one snapshot), and does
+     * not wait for it */
+    fill_out(f, 16, 20);
+    CHECK_EQ_INT(qn_cache_put(c, k20, 1, 16, f), 0);
+    CHECK_EQ_INT(qn_cache_flush(c), 0);
+    CHECK_EQ_INT(qn_cache_reader_get_into(r, k20, 1, 16, f), QN_ENOTFOUND);
+    CHECK_EQ_INT(qn_cache_get_into(c, k20, 1, 16, f), 0);
+    qn_cache_reader_end(&r);
+    CHECK(r == NULL);
+    qn_cache_reader_end(&r); /* NULL-safe */
+    qn_cache_reader_end(NULL);
+    /* a new session sees it; idle sessions are reused, so more than once */
+    for (int round = 0; round < 3; round++) {
+        CHECK_EQ_INT(qn_cache_reader_begin(c, &r), 0);
+        CHECK_EQ_INT(qn_cache_reader_get_into(r, k20, 1, 16, f), 0);
+        qn_cache_reader_end(&r);
+    }
+    qn_cache_stats st;
+    CHECK_EQ_INT(qn_cache_stats_get(c, &st), 0);
+    CHECK_EQ_INT(st.hits, 10 + 1 + 1 + 1 + 3);
+    CHECK_EQ_INT(st.misses, 2 + 1); /* ENOTFOUND, ESHAPE, the snapshot's miss; EINVAL counts nothing */
+    /* more sessions open at once than the cache keeps idle: each has its
+     * own snapshot and ends cleanly */
+    enum { NS = 80 };
+    qn_cache_reader *many[NS];
+    int began = 0;
+    for (int i = 0; i < NS; i++) began += qn_cache_reader_begin(c, &many[i]) == 0;
+    CHECK_EQ_INT(began, NS);
+    int hits = 0;
+    for (int i = 0; i < NS && i < began; i++) hits += qn_cache_reader_get_into(many[i], k3, 1, 16, f) == 0;
+    CHECK_EQ_INT(hits, NS);
+    for (int i = 0; i < NS && i < began; i++) qn_cache_reader_end(&many[i]);
+    CHECK_EQ_INT(qn_cache_flush(c), 0);
+    qn_cache_close(&c);
+}
+
+/* A corrupt entry reads as a miss inside a session too, is counted, and is
+ * deleted at the next flush; its neighbours still hit in the same session. */
+TEST(reader_session_checksum)
+{
+    char *dir = tmpdir("cache_rdcsum");
+    qn_cache_opts o = test_opts();
+    qn_cache *c = NULL;
+    CHECK_EQ_INT(qn_cache_open(dir, 8, &o, &c), 0);
+    CHECK_EQ_INT(put_range(c, 0, 10, 100), 0);
+    qn_cache_close(&c);
+    uint64_t k3[2], k4[2], k5[2];
+    key_of(3, k3);
+    key_of(4, k4);
+    key_of(5, k5);
+    CHECK_EQ_INT(tamper(dir, k3, flip_payload), 0);
+    CHECK_EQ_INT(tamper(dir, k4, flip_shape), 0);
+    CHECK_EQ_INT(qn_cache_open(dir, 8, &o, &c), 0);
+    if (!c) return;
+    qn_cache_reader *r = NULL;
+    CHECK_EQ_INT(qn_cache_reader_begin(c, &r), 0);
+    float f[16], want[16];
+    CHECK_EQ_INT(qn_cache_reader_get_into(r, k3, 1, 16, f), QN_ENOTFOUND);
+    CHECK_EQ_INT(qn_cache_reader_get_into(r, k4, 1, 16, f), QN_ENOTFOUND);
+    fill_out(want, 16, 5);
+    CHECK_EQ_INT(qn_cache_reader_get_into(r, k5, 1, 16, f), 0);
+    CHECK(memcmp(f, want, sizeof want) == 0);
+    qn_cache_reader_end(&r);
+    qn_cache_stats st;
+    qn_cache_stats_get(c, &st);
+    CHECK_EQ_INT(st.checksum_failures, 2);
+    CHECK_EQ_INT(st.misses, 2);
+    CHECK_EQ_INT(st.hits, 1);
+    CHECK_EQ_INT(qn_cache_flush(c), 0);
+    qn_cache_stats_get(c, &st);
+    CHECK_EQ_INT(st.entries, 8);
+    qn_cache_close(&c);
+    CHECK_EQ_INT(raw_count(dir, "entries"), 8);
+    CHECK_EQ_INT(raw_count(dir, "lfu"), 8);
+}
+
+/* A session's hits reach the LFU counters: held until end, then written by
+ * the next flush. More hits than a session buffers (READER_BUMPS, 256) go
+ * too. */
+TEST(reader_session_bumps_persist)
+{
+    char *dir = tmpdir("cache_rdbump");
+    qn_cache_opts o = test_opts();
+    o.lfu_decay_min = 0;
+    qn_cache *c = NULL;
+    CHECK_EQ_INT(qn_cache_open(dir, 8, &o, &c), 0);
+    if (!c) return;
+    CHECK_EQ_INT(put_range(c, 0, 4, 100), 0);
+    uint64_t k[4][2];
+    for (int i = 0; i < 4; i++) key_of((uint64_t)i, k[i]);
+    float f[16];
+    qn_cache_reader *r = NULL;
+    CHECK_EQ_INT(qn_cache_reader_begin(c, &r), 0);
+    CHECK_EQ_INT(qn_cache_reader_get_into(r, k[1], 1, 16, f), 0);
+    int hits = 0;
+    for (int i = 0; i < 1000; i++) hits += qn_cache_reader_get_into(r, k[2], 1, 16, f) == 0;
+    CHECK_EQ_INT(hits, 1000);
+    CHECK_EQ_INT(qn_cache_reader_get_into(r, k[3], 1, 16, f), 0);
+    qn_cache_reader_end(&r);
+    CHECK_EQ_INT(qn_cache_flush(c), 0);
+    qn_cache_close(&c);
+    /* key 0: never hit; key 1: one hit (the first increment from the initial
+     * value is certain); key 2: 1000 hits at log factor 10 (expected ~+9;
+     * a single recorded bump would give +1); key 3, hit after three
+     * mid-session pushes: +1 */
+    CHECK_EQ_INT(raw_lfu(dir, k[0]), QN_LFU_INIT_VAL);
+    CHECK_EQ_INT(raw_lfu(dir, k[1]), QN_LFU_INIT_VAL + 1);
+    int c2 = raw_lfu(dir, k[2]);
+    printf("    counter after 1000 session hits: %d\n", c2);
+    CHECK(c2 >= QN_LFU_INIT_VAL + 4);
+    CHECK_EQ_INT(raw_lfu(dir, k[3]), QN_LFU_INIT_VAL + 1);
+}
+
 /* Capacity of a 4 MiB cache in 1x16 entries is about 8000: hot keys hit
  * many times, then a scan of cold keys several times the capacity. */
 TEST(eviction_keeps_hot)
@@ -767,6 +947,9 @@ int main(void)
     RUN(roundtrip_bit_identical);
     RUN(miss_and_bad_args);
     RUN(checksum_corruption);
+    RUN(reader_session);
+    RUN(reader_session_checksum);
+    RUN(reader_session_bumps_persist);
     RUN(eviction_keeps_hot);
     RUN(aging_evicts_old_hot);
     RUN(size_bound);
