@@ -61,8 +61,10 @@ struct qn_backend {
  * its intra-op helper pool (ctx_set_intraop), one helper per online core
  * beyond the first, at most 3, none on one core; QN_INTRAOP=0 in the
  * environment starts none (ctx_set_intraop is then a no-op), and
- * QN_INTRAOP_SPIN_US (default 50) is how long an idle helper spins before
- * sleeping. A pool that cannot start only costs the speed-up (a warning). */
+ * QN_INTRAOP_SPIN_US (default 250) is how long an idle helper spins before
+ * sleeping: longer than the gap between a lone client's requests (~100-170
+ * µs over ZeroMQ), so at one job in flight the helper is awake when the next
+ * forward comes (bench/notes/intraop.md; with 50 the split lost). A pool that cannot start only costs the speed-up (a warning). */
 int qn_backend_cpu_create(int blas_threads, qn_backend **out);
 /* Destroys any backend; sets *be to NULL. NULL-safe. */
 void qn_backend_destroy(qn_backend **be);

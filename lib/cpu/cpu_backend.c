@@ -292,14 +292,17 @@ static int env_int(const char *name, int def, int lo, int hi)
 }
 
 /* One helper per online core beyond the caller's, at most 3 (the split's
- * chunking is sized for few threads), none with QN_INTRAOP=0. */
+ * chunking is sized for few threads), none with QN_INTRAOP=0. Spin 250 µs:
+ * bench/notes/intraop.md (a helper woken from its futex for each request
+ * made the split slower than one core; one still spinning halves the
+ * forward). */
 static void pool_start(cpu_backend *b)
 {
     if (!env_int("QN_INTRAOP", 1, 0, 1)) return;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int helpers = ncpu > 4 ? 3 : (int)ncpu - 1;
     if (helpers < 1) return;
-    int spin = env_int("QN_INTRAOP_SPIN_US", 50, 0, 1000000);
+    int spin = env_int("QN_INTRAOP_SPIN_US", 250, 0, 1000000);
     int rc = qn_cpu_pool_create(helpers, spin, &b->pool);
     if (rc) QN_LOGW("cpu", "intra-op pool not started (%s): single-row forwards stay on one core", qn_strerror(rc));
     else QN_LOGI("cpu", "intra-op pool: %d helper thread(s), spin %d us", helpers, spin);

@@ -49,8 +49,8 @@ typedef struct count_job {
 static void count_chunk(void *vj, int64_t c)
 {
     count_job *j = vj;
-    volatile int s = 0;
-    for (int i = 0; i < j->spin; i++) s += i;
+    volatile unsigned s = 0;
+    for (int i = 0; i < j->spin; i++) s += (unsigned)i;
     atomic_fetch_add(&j->hits[c], 1);
 }
 
