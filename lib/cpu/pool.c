@@ -37,8 +37,8 @@ struct qn_cpu_pool {
     _Atomic int sleepers;      /* helpers in (or entering) FUTEX_WAIT */
     _Atomic int stop;
     atomic_flag busy;          /* held by the one caller in qn_cpu_pool_run */
-    /* the current job; atomics only so a late helper's read is not a data
-     * race (it then fails its claim and never uses what it read) */
+    /* the current job; atomic so a late helper's read is not a data race
+     * (it then fails its claim and never uses what it read: work()) */
     _Atomic(qn_cpu_pool_fn) fn;
     _Atomic(void *) arg;
     _Atomic uint32_t nchunks;
@@ -66,9 +66,13 @@ static void futex_wake_all(_Atomic uint32_t *w)
  * has replaced it. Returns how many chunks this thread ran. */
 static uint32_t work(qn_cpu_pool *p, uint32_t g)
 {
-    qn_cpu_pool_fn fn = atomic_load_explicit(&p->fn, memory_order_relaxed);
-    void *arg = atomic_load_explicit(&p->arg, memory_order_relaxed);
-    uint32_t n = atomic_load_explicit(&p->nchunks, memory_order_relaxed);
+    /* acquire: if any of these is already the NEXT job's (stored with
+     * release after that job closed the ticket), the ticket load below sees
+     * the closed ticket of the next generation and we claim nothing; so a
+     * successful claim of generation g always runs g's fn, arg and nchunks */
+    qn_cpu_pool_fn fn = atomic_load_explicit(&p->fn, memory_order_acquire);
+    void *arg = atomic_load_explicit(&p->arg, memory_order_acquire);
+    uint32_t n = atomic_load_explicit(&p->nchunks, memory_order_acquire);
     uint32_t ran = 0;
     uint64_t t = atomic_load_explicit(&p->ticket, memory_order_acquire);
     for (;;) {
@@ -178,9 +182,13 @@ int64_t qn_cpu_pool_run(qn_cpu_pool *p, qn_cpu_pool_fn fn, void *arg, int64_t nc
     }
     uint32_t g = ++p->last_gen;
     if (g == 0) g = ++p->last_gen; /* 0 is the helpers' "seen nothing yet" */
-    atomic_store_explicit(&p->fn, fn, memory_order_relaxed);
-    atomic_store_explicit(&p->arg, arg, memory_order_relaxed);
-    atomic_store_explicit(&p->nchunks, (uint32_t)nchunks, memory_order_relaxed);
+    /* Close the ticket first (new generation, no chunk claimable): a helper
+     * still in the previous job that reads this job's fields below then
+     * fails its claim instead of claiming with a mix of two jobs' fields. */
+    atomic_store(&p->ticket, (uint64_t)g << 32 | UINT32_MAX);
+    atomic_store_explicit(&p->fn, fn, memory_order_release);
+    atomic_store_explicit(&p->arg, arg, memory_order_release);
+    atomic_store_explicit(&p->nchunks, (uint32_t)nchunks, memory_order_release);
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
     atomic_store_explicit(&p->ticket, (uint64_t)g << 32, memory_order_release);
     atomic_store(&p->gen, g); /* seq_cst: pairs with the helpers' sleepers++ */
