@@ -317,7 +317,7 @@ static void bench_model(void)
 int main(int argc, char **argv)
 {
     int64_t only_in = 0, only_out = 0, only_rows = 0;
-    int no_model = 0, model_only = 0, intraop = 0, spin_us = 50, gap_us = 100;
+    int no_model = 0, model_only = 0, intraop = 0, spin_us = 250, gap_us = 100;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--sample-ms") && i + 1 < argc) g_sample_ms = atof(argv[++i]);
