@@ -5,12 +5,17 @@
  *      ISA and, where the CPU has it, AVX2 too), one cblas_sgemm, one
  *      cblas_sgemv per row (rows <= 8), all with bias + relu included;
  *   2. the whole 256→1024→1024→16 forward at rows 1, 64, 256: the layer loop
- *      with AUTO on packed weights vs AUTO on BLAS only (the backend before).
+ *      with AUTO on packed weights vs AUTO on BLAS only (the backend before);
+ *   3. (--intraop, alone) that forward at rows 1..4 on one core vs split over
+ *      the intra-op pool (lib/cpu/pool.h, one helper per extra core, spin
+ *      --spin-us), back to back and with --gap-us of idle between calls (the
+ *      worker's case: a request every ~170 µs); bench/notes/intraop.md.
  * Every sample times a loop of calls lasting about --sample-ms; the variants
  * of one case are interleaved sample by sample, so a noisy neighbour hits
  * all alike; we report the median of --reps samples.
  * Usage: bench_sgemm [--reps N] [--sample-ms M] [--shape IN OUT] [--rows R]
  *                    [--cfg ISA:MRxNV[:KC[:MC]]]... [--no-model] [--model-only]
+ *                    [--intraop [--spin-us S] [--gap-us G]]
  *   --shape/--rows restrict section 1; each --cfg adds a packed variant with
  *   that tile (0 = default) for tuning. */
 #include <cblas.h>
@@ -19,8 +24,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cpu/dense.h"
+#include "cpu/pool.h"
 #include "cpu/sgemm_packed.h"
 #include "error.h"
 #include "log.h"
@@ -178,6 +186,7 @@ typedef struct {
     float *w[3], *b[3];
     qn_sgemm_packed *pw[3];
     float *x, *buf[2], *y;
+    qn_cpu_pool *pool; /* v_model_pool's */
 } model;
 
 static void v_model(variant *v)
@@ -191,6 +200,88 @@ static void v_model(variant *v)
             abort();
         in = o;
     }
+}
+
+/* as v_model with packed weights, the backend's intra-op path: layers that
+ * qn_cpu_dense_split_wins are split over m->pool */
+static void v_model_pool(variant *v)
+{
+    const model *m = v->a;
+    const float *in = m->x;
+    for (int i = 0; i < m->n; i++) {
+        float *o = i + 1 == m->n ? m->y : m->buf[i & 1];
+        if (qn_cpu_dense_f32_auto_pool(in, v->rows, m->dims[i], m->w[i], m->pw[i], m->dims[i + 1], m->b[i],
+                                       m->acts[i], o, v->path == QN_DENSE_PACKED ? NULL : m->pool))
+            abort();
+        in = o;
+    }
+}
+
+static void model_init(model *m)
+{
+    for (int i = 0; i < m->n; i++) {
+        m->w[i] = falloc_rand(m->dims[i] * m->dims[i + 1], 1.0f / sqrtf((float)m->dims[i]));
+        m->b[i] = falloc_rand(m->dims[i + 1], 0.1f);
+        if (qn_sgemm_pack(m->w[i], m->dims[i + 1], m->dims[i], &m->pw[i])) exit(2);
+    }
+    m->x = falloc_rand(256 * 256, 1.0f);
+    m->buf[0] = falloc_rand(256 * 1024, 0.0f);
+    m->buf[1] = falloc_rand(256 * 1024, 0.0f);
+    m->y = falloc_rand(256 * 16, 0.0f);
+}
+
+static void model_free(model *m)
+{
+    for (int i = 0; i < m->n; i++) qn_sgemm_packed_free(m->pw[i]), free(m->w[i]), free(m->b[i]);
+    free(m->x), free(m->buf[0]), free(m->buf[1]), free(m->y);
+}
+
+/* One call's µs, median over n calls each after gap_us of sleep (so a
+ * helper past its spin is asleep, as between the worker's requests). */
+static double gapped(variant *v, int n, int gap_us)
+{
+    double t[512];
+    if (n > 512) n = 512;
+    for (int k = 0; k < n; k++) {
+        struct timespec ts = {0, (long)gap_us * 1000};
+        nanosleep(&ts, NULL);
+        uint64_t t0 = qn_now_ns();
+        v->fn(v);
+        t[k] = (double)(qn_now_ns() - t0) / 1e3;
+    }
+    qsort(t, (size_t)n, sizeof(double), cmp_d);
+    return t[n / 2];
+}
+
+static void bench_intraop(int spin_us, int gap_us)
+{
+    model m = {.n = 3, .dims = {256, 1024, 1024, 16}, .acts = {QN_ACT_RELU, QN_ACT_RELU, QN_ACT_NONE}};
+    model_init(&m);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int helpers = ncpu > 4 ? 3 : (int)ncpu - 1;
+    if (helpers < 1 || qn_cpu_pool_create(helpers, spin_us, &m.pool)) {
+        printf("\nintra-op: no pool (1 core?)\n");
+        model_free(&m);
+        return;
+    }
+    printf("\nintra-op: 256->1024->1024->16 forward, µs; packed ISA %s; pool of %d helper(s), spin %d µs\n",
+           qn_sgemm_isa_name(qn_sgemm_isa_default()), helpers, spin_us);
+    for (int64_t ri = 0; ri < 8; ri++) {
+        int64_t rows = 1 + ri % 4;
+        variant v[2] = {{.fn = v_model_pool, .a = &m, .path = QN_DENSE_PACKED, .rows = rows},
+                        {.fn = v_model_pool, .a = &m, .path = QN_DENSE_AUTO, .rows = rows}};
+        measure(v, 2);
+        double g1[9], g2[9];
+        for (int r = 0; r < 9; r++) g1[r] = gapped(&v[0], 101, gap_us), g2[r] = gapped(&v[1], 101, gap_us);
+        qsort(g1, 9, sizeof(double), cmp_d);
+        qsort(g2, 9, sizeof(double), cmp_d);
+        printf("  rows %lld: back to back  1 core %6.1f  split %6.1f  (%.2fx)   after %d µs idle  1 core %6.1f  "
+               "split %6.1f  (%.2fx)\n",
+               (long long)rows, med(&v[0]), med(&v[1]), med(&v[1]) / med(&v[0]), gap_us, g1[4], g2[4], g2[4] / g1[4]);
+        fflush(stdout);
+    }
+    qn_cpu_pool_destroy(&m.pool);
+    model_free(&m);
 }
 
 static void bench_model(void)
@@ -226,7 +317,7 @@ static void bench_model(void)
 int main(int argc, char **argv)
 {
     int64_t only_in = 0, only_out = 0, only_rows = 0;
-    int no_model = 0, model_only = 0;
+    int no_model = 0, model_only = 0, intraop = 0, spin_us = 250, gap_us = 100;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--sample-ms") && i + 1 < argc) g_sample_ms = atof(argv[++i]);
@@ -234,6 +325,9 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--rows") && i + 1 < argc) only_rows = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--no-model")) no_model = 1;
         else if (!strcmp(argv[i], "--model-only")) model_only = 1;
+        else if (!strcmp(argv[i], "--intraop")) intraop = 1;
+        else if (!strcmp(argv[i], "--spin-us") && i + 1 < argc) spin_us = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--gap-us") && i + 1 < argc) gap_us = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--cfg") && i + 1 < argc && g_ncfg < MAX_CFG) {
             qn_sgemm_opts *o = &g_cfg[g_ncfg++];
             long long kc = 0, mc = 0;
@@ -250,6 +344,10 @@ int main(int argc, char **argv)
     printf("bench_sgemm: OpenBLAS %s (%s), 1 thread; packed default ISA %s; %d reps x ~%.0f ms\n",
            openblas_get_config(), openblas_get_corename(), qn_sgemm_isa_name(qn_sgemm_isa_default()), g_reps,
            g_sample_ms);
+    if (intraop) {
+        bench_intraop(spin_us, gap_us);
+        return 0;
+    }
     if (!model_only) {
         static const int64_t shapes[][2] = {{256, 1024}, {1024, 1024}, {1024, 16}, {64, 128}, {128, 10}, {4096, 1024}};
         static const int64_t rows_all[] = {1, 2, 4, 8, 16, 64, 128, 256};
@@ -270,7 +368,7 @@ int main(int argc, char **argv)
 usage:
     fprintf(stderr,
             "usage: %s [--reps N<=64] [--sample-ms M] [--shape IN OUT] [--rows R] [--cfg ISA:MRxNV[:KC[:MC]]]... "
-            "[--no-model | --model-only]\n",
+            "[--no-model | --model-only] [--intraop [--spin-us S] [--gap-us G]]\n",
             argv[0]);
     return 2;
 }

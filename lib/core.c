@@ -328,9 +328,9 @@ void qn_core_local_flush(qn_core *c, qn_core_local *l)
      * the worker is idle and this is a lone small job (low load: latency is
      * all that matters and the executors have nothing to overlap with).
      * Otherwise the executors take it, and this thread goes back to IO. */
-    int here = flops_per_row(b->model) <= c->o.direct_max_flops ||
-               (b->rows <= c->o.direct_idle_rows && qn_executor_busy(c->exec) == 0 &&
-                qn_batcher_queued_rows(c->batcher) == 0);
+    int idle = b->rows <= c->o.direct_idle_rows && qn_executor_busy(c->exec) == 0 &&
+               qn_batcher_queued_rows(c->batcher) == 0;
+    int here = idle || flops_per_row(b->model) <= c->o.direct_max_flops;
     if (!here) {
         for (int i = 0; i < b->njobs; i++) enqueue(c, b->jobs[i]);
         b->njobs = 0;
@@ -344,7 +344,13 @@ void qn_core_local_flush(qn_core *c, qn_core_local *l)
      * writer) has no place on a transport's IO thread. */
     atomic_fetch_add(&c->direct_batches, 1);
     atomic_fetch_add(&c->direct_rows, (uint_fast64_t)b->rows);
+    /* Idle executors mean idle cores: this lone forward may spread a big
+     * layer over the backend's helper threads (backend.h ctx_set_intraop).
+     * Never with busy executors, whose batches already use every core. */
+    void (*intraop)(qn_backend *, void *, int) = idle ? c->be->iface->ctx_set_intraop : NULL;
+    if (intraop) intraop(c->be, l->ctx, 1);
     qn_batch_run(c->be, l->ctx, &l->staged, &l->scratch, &h);
+    if (intraop) intraop(c->be, l->ctx, 0);
     l->staged.njobs = 0;
     l->staged.rows = 0;
     l->staged.model = NULL;

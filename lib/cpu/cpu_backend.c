@@ -15,9 +15,11 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "cpu/dense.h"
 #include "cpu/kernels.h"
+#include "cpu/pool.h"
 #include "cpu/sgemm_packed.h"
 #include "error.h"
 #include "log.h"
@@ -26,6 +28,7 @@
 typedef struct cpu_backend {
     qn_backend pub;   /* pub.impl points back here */
     int blas_threads; /* what create gave OpenBLAS, kept for logs */
+    qn_cpu_pool *pool; /* intra-op helpers (pool.h), NULL when none */
 } cpu_backend;
 
 /* Per-thread scratch: two ping-pong activation buffers, each cap floats,
@@ -35,6 +38,7 @@ typedef struct cpu_ctx {
     float *buf[2];
     size_t cap;
     qn_kernel_scratch *ks; /* the compressed-layer kernels' own scratch */
+    int intraop;           /* ctx_set_intraop: f32 layers may use the pool */
 } cpu_ctx;
 
 /* Local names for logs; model.c's qn_rep_name says the same, but this file
@@ -83,13 +87,15 @@ static int layer_prepare(qn_layer *l)
 }
 
 /* Runs one layer: x [rows, l->in] → y [rows, l->out]. */
-static int layer_forward(const qn_layer *l, const float *x, int64_t rows, float *y, cpu_ctx *c)
+static int layer_forward(const qn_layer *l, const float *x, int64_t rows, float *y, cpu_ctx *c,
+                         qn_cpu_pool *pool)
 {
     switch (l->rep) {
     case QN_REP_F32: {
-        /* the packing cpu_model_prepare made, if any; dense.c picks per call */
+        /* the packing cpu_model_prepare made, if any; dense.c picks per call
+         * (and splits over the pool, if given, where that wins) */
         const qn_sgemm_packed *pw = l->kernel_free == qn_sgemm_packed_free ? l->kernel_data : NULL;
-        return qn_cpu_dense_f32_packed(x, rows, l->in, l->w, pw, l->out, l->bias, l->act, y, QN_DENSE_AUTO);
+        return qn_cpu_dense_f32_auto_pool(x, rows, l->in, l->w, pw, l->out, l->bias, l->act, y, pool);
     }
     case QN_REP_F16:
     case QN_REP_I8:
@@ -241,11 +247,12 @@ static int cpu_forward(qn_backend *be, void *vctx, const qn_model *m, void *stat
         }
     }
 
+    qn_cpu_pool *pool = c->intraop ? ((cpu_backend *)be->impl)->pool : NULL;
     const float *in = x;
     for (int i = 0; i < m->nlayers; i++) {
         const qn_layer *l = &m->layers[i];
         float *o = i + 1 == m->nlayers ? y : c->buf[i & 1];
-        int rc = layer_forward(l, in, rows, o, c);
+        int rc = layer_forward(l, in, rows, o, c, pool);
         if (rc) {
             QN_LOGE("cpu", "model %s v%lld layer %d (%s): %s", m->name, (long long)m->version, i,
                     rep_name(l->rep), qn_strerror(rc));
@@ -256,9 +263,49 @@ static int cpu_forward(qn_backend *be, void *vctx, const qn_model *m, void *stat
     return 0;
 }
 
+static void cpu_ctx_set_intraop(qn_backend *be, void *vctx, int on)
+{
+    cpu_ctx *c = vctx;
+    if (c) c->intraop = on != 0;
+}
+
 static void cpu_destroy(qn_backend *be)
 {
-    free(be->impl);
+    cpu_backend *b = be->impl;
+    qn_cpu_pool_destroy(&b->pool);
+    free(b);
+}
+
+/* An integer from the environment in [lo, hi], else def (with a warning if
+ * set but not valid). */
+static int env_int(const char *name, int def, int lo, int hi)
+{
+    const char *s = getenv(name);
+    if (!s || !*s) return def;
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*end || v < lo || v > hi) {
+        QN_LOGW("cpu", "%s=%s: not an integer in [%d, %d], using %d", name, s, lo, hi, def);
+        return def;
+    }
+    return (int)v;
+}
+
+/* One helper per online core beyond the caller's, at most 3 (the split's
+ * chunking is sized for few threads), none with QN_INTRAOP=0. Spin 250 µs:
+ * bench/notes/intraop.md (a helper woken from its futex for each request
+ * made the split slower than one core; one still spinning halves the
+ * forward). */
+static void pool_start(cpu_backend *b)
+{
+    if (!env_int("QN_INTRAOP", 1, 0, 1)) return;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int helpers = ncpu > 4 ? 3 : (int)ncpu - 1;
+    if (helpers < 1) return;
+    int spin = env_int("QN_INTRAOP_SPIN_US", 250, 0, 1000000);
+    int rc = qn_cpu_pool_create(helpers, spin, &b->pool);
+    if (rc) QN_LOGW("cpu", "intra-op pool not started (%s): single-row forwards stay on one core", qn_strerror(rc));
+    else QN_LOGI("cpu", "intra-op pool: %d helper thread(s), spin %d us", helpers, spin);
 }
 
 static const qn_backend_i cpu_iface = {
@@ -273,9 +320,13 @@ static const qn_backend_i cpu_iface = {
     /* ctx_create / ctx_destroy: the per-thread ping-pong activation scratch */
     .ctx_create = cpu_ctx_create,
     .ctx_destroy = cpu_ctx_destroy,
+    /* ctx_set_intraop: lets this context's few-row f32 layers split over
+     * the backend's helper pool (dense.c qn_cpu_dense_f32_auto_pool) */
+    .ctx_set_intraop = cpu_ctx_set_intraop,
     /* forward: layer by layer through the context's scratch, last layer into y */
     .forward = cpu_forward,
-    /* destroy: frees the backend struct; OpenBLAS's thread setting stays */
+    /* destroy: stops the helper pool, frees the backend struct; OpenBLAS's
+     * thread setting stays */
     .destroy = cpu_destroy,
 };
 
@@ -293,6 +344,7 @@ int qn_backend_cpu_create(int blas_threads, qn_backend **out)
     openblas_set_num_threads(blas_threads);
     QN_LOGI("cpu", "backend up: %s, core %s, %d BLAS thread(s)", openblas_get_config(),
             openblas_get_corename(), blas_threads);
+    pool_start(b);
     *out = &b->pub;
     return 0;
 }

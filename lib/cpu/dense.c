@@ -6,6 +6,7 @@
 
 #include <cblas.h>
 #include <limits.h>
+#include <stdatomic.h>
 
 #include "cpu/epilogue.h"
 #include "error.h"
@@ -50,6 +51,65 @@ int qn_cpu_dense_f32_path(const float *x, int64_t rows, int64_t in, const float 
                           const float *bias, qn_act act, float *y, qn_dense_path path)
 {
     return qn_cpu_dense_f32_packed(x, rows, in, w, NULL, out, bias, act, y, path);
+}
+
+int qn_cpu_dense_split_wins(int64_t rows, int64_t in, int64_t out)
+{
+    if (rows < 1 || rows > QN_DENSE_SPLIT_MAX_ROWS || in < 1 || out < 1) return 0;
+    if (in > INT_MAX || out > INT_MAX) return 0;
+    /* in*out < 2^62; rows*in*out could overflow */
+    return in * out >= (QN_DENSE_SPLIT_MIN_MACS + rows - 1) / rows;
+}
+
+typedef struct split_job {
+    const qn_sgemm_packed *pw;
+    const float *x, *bias;
+    int64_t rows, per; /* panels per chunk */
+    qn_act act;
+    float *y;
+    _Atomic int rc;    /* a failure; every chunk has the same arguments, so
+                          all fail alike or none does */
+} split_job;
+
+static void split_chunk(void *vj, int64_t chunk)
+{
+    split_job *j = vj;
+    int64_t pb = chunk * j->per, pe = pb + j->per < j->pw->npanels ? pb + j->per : j->pw->npanels;
+    int rc = qn_sgemm_packed_run_panels(j->pw, j->x, j->rows, j->bias, j->act, j->y, NULL, pb, pe);
+    if (rc) atomic_store(&j->rc, rc);
+}
+
+int qn_cpu_dense_packed_split(qn_cpu_pool *pool, const qn_sgemm_packed *pw, const float *x, int64_t rows,
+                              const float *bias, qn_act act, float *y)
+{
+    if (!pw || !x || !y || rows < 0 || (unsigned)act >= QN_ACT_COUNT) return QN_EINVAL;
+    if (rows == 0) return 0;
+    /* Chunks of at least 4 panels (the widest tile at few rows, so the
+     * tiling stays as in the whole call), about 4 per thread so a helper
+     * that wakes late still gets a share. */
+    int64_t want = 4 * (1 + (int64_t)qn_cpu_pool_helpers(pool));
+    int64_t per = (pw->npanels + want - 1) / want;
+    if (per < 4) per = 4;
+    split_job j = {.pw = pw, .x = x, .bias = bias, .rows = rows, .per = per, .act = act, .y = y};
+    int64_t nchunks = (pw->npanels + per - 1) / per;
+    qn_cpu_pool_run(pool, split_chunk, &j, nchunks);
+    int rc = atomic_load(&j.rc);
+    if (rc) return rc;
+    /* what the whole-call driver does per block: the activations that need
+     * whole rows (or are not fused), once every panel is in */
+    if (act != QN_ACT_NONE && act != QN_ACT_RELU) qn_cpu_epilogue(y, rows, pw->out, pw->out, NULL, act);
+    return 0;
+}
+
+int qn_cpu_dense_f32_auto_pool(const float *x, int64_t rows, int64_t in, const float *w,
+                               const qn_sgemm_packed *pw, int64_t out, const float *bias, qn_act act,
+                               float *y, qn_cpu_pool *pool)
+{
+    if (pool && pw && pw->in == in && pw->out == out && x && w && y && (unsigned)act < QN_ACT_COUNT &&
+        qn_cpu_dense_split_wins(rows, in, out) && qn_sgemm_isa_default() != QN_SGEMM_BLAS &&
+        qn_cpu_dense_packed_wins(rows, in, out))
+        return qn_cpu_dense_packed_split(pool, pw, x, rows, bias, act, y);
+    return qn_cpu_dense_f32_packed(x, rows, in, w, pw, out, bias, act, y, QN_DENSE_AUTO);
 }
 
 int qn_cpu_dense_f32_packed(const float *x, int64_t rows, int64_t in, const float *w,

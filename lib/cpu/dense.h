@@ -11,6 +11,7 @@
 
 #include <stdint.h>
 
+#include "cpu/pool.h"
 #include "cpu/sgemm_packed.h"
 #include "model.h"
 
@@ -59,6 +60,29 @@ int qn_cpu_dense_f32_path(const float *x, int64_t rows, int64_t in, const float 
 int qn_cpu_dense_f32_packed(const float *x, int64_t rows, int64_t in, const float *w,
                             const qn_sgemm_packed *pw, int64_t out, const float *bias, qn_act act,
                             float *y, qn_dense_path path);
+
+/* Intra-op split (pool.h): the packed product of one small-row call cut by
+ * output panels into chunks that the caller and the pool's helpers share.
+ * Worth it only for few rows (a batch already keeps the executors' cores
+ * busy) of a big layer (the join costs a few µs; qn_cpu_dense_split_wins).
+ * Each output is the same FMA chain as without the split, so results are
+ * bit-identical to qn_sgemm_packed_run's. */
+#define QN_DENSE_SPLIT_MAX_ROWS 4
+#define QN_DENSE_SPLIT_MIN_MACS (256 * 1024)
+/* rows <= QN_DENSE_SPLIT_MAX_ROWS and rows*in*out >= QN_DENSE_SPLIT_MIN_MACS. */
+int qn_cpu_dense_split_wins(int64_t rows, int64_t in, int64_t out);
+/* y = act(x·Wᵀ + bias) on the packing pw with the panels split over pool
+ * (NULL: all on the caller, same results), whatever the shape (the tests
+ * force it on odd ones). Returns as qn_sgemm_packed_run. */
+int qn_cpu_dense_packed_split(qn_cpu_pool *pool, const qn_sgemm_packed *pw, const float *x, int64_t rows,
+                              const float *bias, qn_act act, float *y);
+/* As qn_cpu_dense_f32_packed with AUTO, plus: when AUTO picks the packed
+ * kernel, pool is not NULL and qn_cpu_dense_split_wins, the product is split
+ * over pool (qn_cpu_dense_packed_split). The backend passes its pool only
+ * for a context marked intra-op (backend.h ctx_set_intraop). */
+int qn_cpu_dense_f32_auto_pool(const float *x, int64_t rows, int64_t in, const float *w,
+                               const qn_sgemm_packed *pw, int64_t out, const float *bias, qn_act act,
+                               float *y, qn_cpu_pool *pool);
 
 /* Does the packed kernel beat the BLAS path AUTO would take for this many
  * rows of an [out, in] layer? From bench_sgemm's measurements

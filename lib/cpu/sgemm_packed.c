@@ -137,20 +137,41 @@ static void resolve(qn_sgemm_opts *o, const qn_sgemm_packed *p, int64_t rows)
     if (!o->mc) o->mc = rows;
 }
 
+static int run(const qn_sgemm_packed *p, const float *x, int64_t rows, const float *bias, qn_act act,
+               float *y, const qn_sgemm_opts *opts, int64_t p_begin, int64_t p_end, int epi);
+
 int qn_sgemm_packed_run(const qn_sgemm_packed *p, const float *x, int64_t rows, const float *bias,
                         qn_act act, float *y, const qn_sgemm_opts *opts)
 {
+    if (!p) return QN_EINVAL;
+    return run(p, x, rows, bias, act, y, opts, 0, p->npanels, 1);
+}
+
+int qn_sgemm_packed_run_panels(const qn_sgemm_packed *p, const float *x, int64_t rows, const float *bias,
+                               qn_act act, float *y, const qn_sgemm_opts *opts, int64_t p_begin,
+                               int64_t p_end)
+{
+    return run(p, x, rows, bias, act, y, opts, p_begin, p_end, 0);
+}
+
+/* Both entry points: panels [p_begin, p_end); epi: apply the activations
+ * that are not fused in the tiles (only right when the range is every panel). */
+static int run(const qn_sgemm_packed *p, const float *x, int64_t rows, const float *bias, qn_act act,
+               float *y, const qn_sgemm_opts *opts, int64_t p_begin, int64_t p_end, int epi)
+{
     if (!p || !x || !y || rows < 0 || (unsigned)act >= QN_ACT_COUNT) return QN_EINVAL;
+    if (p_begin < 0 || p_begin > p_end || p_end > p->npanels) return QN_EINVAL;
     qn_sgemm_opts o = opts ? *opts : (qn_sgemm_opts){0};
     if ((unsigned)o.isa >= QN_SGEMM_ISA_COUNT || o.mr < 0 || o.nv < 0 || o.kc < 0 || o.mc < 0) return QN_EINVAL;
     if (o.isa == QN_SGEMM_BLAS) o.isa = qn_sgemm_isa_default();
     if (o.isa == QN_SGEMM_BLAS || !qn_sgemm_isa_supported(o.isa)) return QN_ENOTSUP;
-    if (rows == 0) return 0;
+    if (rows == 0 || p_begin == p_end) return 0;
     resolve(&o, p, rows);
     if (!tile_ok(o.isa, o.mr, o.nv)) return QN_EINVAL;
 #if defined(QN_SGEMM_X86)
-    if (o.isa == QN_SGEMM_AVX512) qn_sgemm_packed_avx512(p, x, rows, bias, act, y, o.mr, o.nv, o.kc, o.mc);
-    else qn_sgemm_packed_avx2(p, x, rows, bias, act, y, o.mr, o.nv, o.kc, o.mc);
+    if (o.isa == QN_SGEMM_AVX512)
+        qn_sgemm_packed_avx512(p, x, rows, bias, act, y, o.mr, o.nv, o.kc, o.mc, p_begin, p_end, epi);
+    else qn_sgemm_packed_avx2(p, x, rows, bias, act, y, o.mr, o.nv, o.kc, o.mc, p_begin, p_end, epi);
     return 0;
 #else
     return QN_ENOTSUP; /* unreachable: no ISA but BLAS is ever supported here */

@@ -80,14 +80,31 @@ typedef struct qn_sgemm_opts {
 int qn_sgemm_packed_run(const qn_sgemm_packed *p, const float *x, int64_t rows, const float *bias,
                         qn_act act, float *y, const qn_sgemm_opts *opts);
 
+/* As qn_sgemm_packed_run, restricted to the output panels [p_begin, p_end)
+ * (columns 16*p_begin .. min(16*p_end, out) - 1 of every row of y; no other
+ * element of y is read or written). Bias and relu are applied; any other
+ * activation is NOT (softmax needs whole rows): the caller applies it with
+ * qn_cpu_epilogue once every panel is done. For intra-op splits (dense.c):
+ * each output is the same FMA chain as in the whole call, so a split result
+ * is bit-identical to qn_sgemm_packed_run's. Returns as qn_sgemm_packed_run,
+ * plus QN_EINVAL unless 0 <= p_begin <= p_end <= p->npanels; an empty range
+ * is a no-op. Concurrent calls on disjoint panel ranges of one y are fine. */
+int qn_sgemm_packed_run_panels(const qn_sgemm_packed *p, const float *x, int64_t rows, const float *bias,
+                               qn_act act, float *y, const qn_sgemm_opts *opts, int64_t p_begin,
+                               int64_t p_end);
+
 /* ---- internal: the per-ISA drivers (sgemm_packed_<isa>.c, built only on
  * x86-64 with their own target flags), called by qn_sgemm_packed_run after
  * validation with every opt resolved and in range. They add the bias and
  * apply relu in registers, any other activation with qn_cpu_epilogue once a
- * block of mc rows is complete (still in cache). */
+ * block of mc rows is complete (still in cache), the latter only when epi
+ * is set (whole rows: qn_sgemm_packed_run). They compute panels pb .. pe-1
+ * only. */
 void qn_sgemm_packed_avx512(const qn_sgemm_packed *p, const float *x, int64_t rows, const float *bias,
-                            qn_act act, float *y, int mr, int nv, int64_t kc, int64_t mc);
+                            qn_act act, float *y, int mr, int nv, int64_t kc, int64_t mc, int64_t pb,
+                            int64_t pe, int epi);
 void qn_sgemm_packed_avx2(const qn_sgemm_packed *p, const float *x, int64_t rows, const float *bias,
-                          qn_act act, float *y, int mr, int nv, int64_t kc, int64_t mc);
+                          qn_act act, float *y, int mr, int nv, int64_t kc, int64_t mc, int64_t pb,
+                          int64_t pe, int epi);
 
 #endif

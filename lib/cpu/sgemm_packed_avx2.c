@@ -100,7 +100,8 @@ static const tile_fn g_tiles[7][5] = {
 };
 
 void qn_sgemm_packed_avx2(const qn_sgemm_packed *p, const float *x, int64_t rows, const float *bias,
-                          qn_act act, float *y, int mr, int nv, int64_t kc, int64_t mc)
+                          qn_act act, float *y, int mr, int nv, int64_t kc, int64_t mc,
+                          int64_t pb, int64_t pe, int epi)
 {
     const int64_t K = p->in, N = p->out, pstride = QN_SGEMM_NR * K;
     const int relu = act == QN_ACT_RELU;
@@ -110,8 +111,8 @@ void qn_sgemm_packed_avx2(const qn_sgemm_packed *p, const float *x, int64_t rows
         for (int64_t k0 = 0; k0 < K; k0 += kc) {
             int64_t kcur = K - k0 < kc ? K - k0 : kc;
             int load = k0 > 0, fin = k0 + kcur == K;
-            for (int64_t p0 = 0; p0 < p->npanels; p0 += nv) {
-                int nvc = p->npanels - p0 < nv ? (int)(p->npanels - p0) : nv;
+            for (int64_t p0 = pb; p0 < pe; p0 += nv) {
+                int nvc = pe - p0 < nv ? (int)(pe - p0) : nv;
                 int64_t c0 = QN_SGEMM_NR * p0;
                 int ncols = N - c0 < QN_SGEMM_NR * nvc ? (int)(N - c0) : QN_SGEMM_NR * nvc;
                 const float *wp = p->panels + p0 * pstride + QN_SGEMM_NR * k0;
@@ -122,7 +123,8 @@ void qn_sgemm_packed_avx2(const qn_sgemm_packed *p, const float *x, int64_t rows
                 }
             }
         }
-        if (act != QN_ACT_NONE && act != QN_ACT_RELU) qn_cpu_epilogue(y + r0 * N, mrows, N, N, NULL, act);
+        if (epi && act != QN_ACT_NONE && act != QN_ACT_RELU)
+            qn_cpu_epilogue(y + r0 * N, mrows, N, N, NULL, act);
     }
 }
 
