@@ -55,16 +55,6 @@ static void bench_help(FILE *out)
             "Exit status: 0 every job answered, 1 stall or failure, 2 usage.\n");
 }
 
-static bool parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-    if (!s || !*s) return false;
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || *end || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
 
 static uint64_t splitmix64(uint64_t *s)
 {
@@ -293,7 +283,7 @@ static int bench_run(int argc, char **argv)
             bench_help(stderr);
             return 2;
         }
-        if (!parse_i64(optarg, lo, hi, dst)) {
+        if (!qn_cli_parse_i64(optarg, lo, hi, dst)) {
             fprintf(stderr, "quern bench: --%s wants an integer in [%" PRId64 ", %" PRId64 "], got '%s'\n",
                     opts[li].name, lo, hi, optarg);
             return 2;

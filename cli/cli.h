@@ -6,6 +6,9 @@
 #ifndef QN_CLI_H
 #define QN_CLI_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 typedef struct qn_cli_command {
     const char *name;     /* "inspect" */
     const char *usage;    /* one line, after "quern " */
@@ -13,6 +16,9 @@ typedef struct qn_cli_command {
 } qn_cli_command;
 
 void qn_cli_register(const qn_cli_command *cmd);
+
+/* Parses all of s as an integer in [lo, hi]: true and *out set, or false. */
+bool qn_cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 
 #define QN_CLI_COMMAND(ident, name_, usage_, fn_)                                      \
     static const qn_cli_command qn_cli_cmd_##ident = {name_, usage_, fn_};             \

@@ -2,6 +2,7 @@
  * runs (QN_CLI_COMMAND in cli.h), so this file holds no list of them: it
  * keeps the table, prints the usage and dispatches. It must never know what
  * any subcommand does. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,4 +69,15 @@ int main(int argc, char **argv)
     fprintf(stderr, "quern: unknown command '%s'\n\n", name);
     usage(stderr);
     return 2;
+}
+
+bool qn_cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out)
+{
+    if (!s || !*s) return false;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) return false;
+    *out = v;
+    return true;
 }

@@ -47,7 +47,7 @@ static void predict_help(FILE *out)
             "  --reply-topic T  with --kafka: the job's reply_to, read for the result\n"
             "                   (default quern.predict.PID, auto-created by the brokers)\n"
             "  -X key=value     with --kafka: a librdkafka property (producer./consumer.\n"
-            "                   prefixes for one side only), as quern-worker's -X"
+            "                   prefixes for one side only), as quern-worker's -X\n"
             "  --model NAME     model name in the worker's repository\n"
             "  --input FILE     .npy (1-D: one row; 2-D: rows x cols; f4/f8/i4/i8/u1) or CSV\n"
             "                   (comma-separated numbers, optional header line)\n"
@@ -59,17 +59,6 @@ static void predict_help(FILE *out)
             "Exit status: 0 result ok, 1 error result / timeout / failure, 2 usage.\n");
 }
 
-/* Parses a whole string as an int64 in [lo, hi]. */
-static bool parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-    if (!s || !*s) return false;
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || *end || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
 
 /* A softmax-shaped row set: every row non-negative, at most 1, summing to 1.
  * Only then is an argmax column a class prediction rather than noise. */
@@ -308,19 +297,19 @@ static int predict_run(int argc, char **argv)
         case 'I': id_arg = optarg; break;
         case 'o': output = optarg; break;
         case 'V':
-            if (!parse_i64(optarg, 1, INT64_MAX, &version)) {
+            if (!qn_cli_parse_i64(optarg, 1, INT64_MAX, &version)) {
                 fprintf(stderr, "quern predict: --version wants a positive integer, got '%s'\n", optarg);
                 return 2;
             }
             break;
         case 't':
-            if (!parse_i64(optarg, 1, INT32_MAX, &timeout_ms)) {
+            if (!qn_cli_parse_i64(optarg, 1, INT32_MAX, &timeout_ms)) {
                 fprintf(stderr, "quern predict: --timeout-ms wants a positive integer, got '%s'\n", optarg);
                 return 2;
             }
             break;
         case 'r':
-            if (!parse_i64(optarg, 0, INT64_MAX, &max_rows)) {
+            if (!qn_cli_parse_i64(optarg, 0, INT64_MAX, &max_rows)) {
                 fprintf(stderr, "quern predict: --max-rows wants an integer >= 0, got '%s'\n", optarg);
                 return 2;
             }
@@ -362,7 +351,7 @@ static int predict_run(int argc, char **argv)
     if (!id_arg) {
         snprintf(id_default, sizeof id_default, "quern-predict-%ld", (long)getpid());
         a.id_str = id_default;
-    } else if (!parse_i64(id_arg, INT64_MIN, INT64_MAX, &a.id_int)) {
+    } else if (!qn_cli_parse_i64(id_arg, INT64_MIN, INT64_MAX, &a.id_int)) {
         a.id_str = id_arg;
     }
     if (brokers && !reply_topic) {
