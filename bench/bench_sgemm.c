@@ -33,24 +33,11 @@
 #include "error.h"
 #include "log.h"
 #include "tensor.h"
+#include "bench_util.h"
 
 static int g_reps = 7;
 static double g_sample_ms = 10;
 
-static uint64_t g_rng = 42;
-static float frand1(void)
-{
-    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((double)(g_rng >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-}
-
-static float *falloc_rand(int64_t n, float scale)
-{
-    float *p = qn_alloc_aligned((size_t)n * sizeof(float), 0);
-    if (!p) { fprintf(stderr, "out of memory\n"); exit(2); }
-    for (int64_t i = 0; i < n; i++) p[i] = scale * frand1();
-    return p;
-}
 
 /* ---- timing, as bench_dense.c: a variant is a closure called iters times per sample */
 typedef struct variant {

@@ -463,9 +463,13 @@ static int lookup(qn_cache *c, MDB_txn *t, const uint64_t key[2], uint8_t kb[16]
     return 0;
 }
 
-int qn_cache_get_into(qn_cache *c, const uint64_t key[2], int64_t rows, int64_t cols, float *out)
+/* One lookup in its own read txn, counted as a hit (with an LFU bump) or a
+ * miss. With into != NULL the stored shape must be want_rows x want_cols and
+ * the floats land in into; otherwise they are copied to a new *alloc and the
+ * shape goes to *rows, *cols. */
+static int fetch(qn_cache *c, const uint64_t key[2], int64_t want_rows, int64_t want_cols,
+                 float *into, float **alloc, int64_t *rows, int64_t *cols)
 {
-    if (!c || !key || rows < 0 || cols < 0 || (rows && cols && !out)) return QN_EINVAL;
     if (atomic_load_explicit(&c->broken, memory_order_relaxed)) { cnt_add(&c->misses, 1); return QN_ENOTFOUND; }
     MDB_txn *t;
     int rc = rtxn_get(c, &t);
@@ -475,8 +479,21 @@ int qn_cache_get_into(qn_cache *c, const uint64_t key[2], int64_t rows, int64_t 
     rc = lookup(c, t, key, kb, &val);
     if (rc == 0) {
         const unsigned char *v = val.mv_data;
-        if ((int64_t)get_u32(v + 8) != rows || (int64_t)get_u32(v + 12) != cols) rc = QN_ESHAPE;
-        else memcpy(out, v + VAL_HDR, val.mv_size - VAL_HDR);
+        size_t n = val.mv_size - VAL_HDR;
+        int64_t r = get_u32(v + 8), k = get_u32(v + 12);
+        if (into) {
+            if (r != want_rows || k != want_cols) rc = QN_ESHAPE;
+            else memcpy(into, v + VAL_HDR, n);
+        } else {
+            float *f = malloc(n ? n : 1);
+            if (!f) rc = QN_ENOMEM;
+            else {
+                memcpy(f, v + VAL_HDR, n);
+                *alloc = f;
+                *rows = r;
+                *cols = k;
+            }
+        }
     }
     rtxn_put(c, t);
     if (rc == 0) {
@@ -488,37 +505,18 @@ int qn_cache_get_into(qn_cache *c, const uint64_t key[2], int64_t rows, int64_t 
     return rc;
 }
 
+int qn_cache_get_into(qn_cache *c, const uint64_t key[2], int64_t rows, int64_t cols, float *out)
+{
+    if (!c || !key || rows < 0 || cols < 0 || (rows && cols && !out)) return QN_EINVAL;
+    float dummy;
+    return fetch(c, key, rows, cols, out ? out : &dummy, NULL, NULL, NULL);
+}
+
 int qn_cache_get(qn_cache *c, const uint64_t key[2], float **out, int64_t *rows, int64_t *cols)
 {
     if (!c || !key || !out || !rows || !cols) return QN_EINVAL;
     *out = NULL;
-    if (atomic_load_explicit(&c->broken, memory_order_relaxed)) { cnt_add(&c->misses, 1); return QN_ENOTFOUND; }
-    MDB_txn *t;
-    int rc = rtxn_get(c, &t);
-    if (rc) { cnt_add(&c->misses, 1); return from_mdb(rc); }
-    uint8_t kb[16];
-    MDB_val val;
-    rc = lookup(c, t, key, kb, &val);
-    if (rc == 0) {
-        const unsigned char *v = val.mv_data;
-        size_t n = val.mv_size - VAL_HDR;
-        float *f = malloc(n ? n : 1);
-        if (!f) rc = QN_ENOMEM;
-        else {
-            memcpy(f, v + VAL_HDR, n);
-            *out = f;
-            *rows = get_u32(v + 8);
-            *cols = get_u32(v + 12);
-        }
-    }
-    rtxn_put(c, t);
-    if (rc == 0) {
-        cnt_add(&c->hits, 1);
-        record_bump(c, key);
-    } else {
-        cnt_add(&c->misses, 1);
-    }
-    return rc;
+    return fetch(c, key, 0, 0, NULL, out, rows, cols);
 }
 
 /* ---- reader sessions: one read txn and one pending-lock step per burst.
