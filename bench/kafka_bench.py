@@ -89,6 +89,13 @@ class Counter:
         self.t.join(10)
 
 
+def cpu_s(pid):
+    """CPU seconds (user + system) a live process has used so far."""
+    with open("/proc/%d/stat" % pid) as f:
+        v = f.read().rsplit(")", 1)[1].split()
+    return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def job_bytes(i, x):
     return msgpack.packb({"v": 1, "id": i, "type": "predict", "model": "bench",
                           "inputs": {"dtype": "f32", "shape": [1, x.shape[0]], "data": x.tobytes()}})
@@ -132,6 +139,7 @@ def throughput(name, a, repo, seed):
     mk = Mock(a.build, a.partitions)
     rng = np.random.default_rng(seed)
     try:
+        cpu = {}
         if a.backlog:
             fill(mk.bootstrap, a.jobs, rng)
         cnt = Counter(mk.bootstrap)
@@ -151,11 +159,17 @@ def throughput(name, a, repo, seed):
             time.sleep(1.0)
             base = cnt.n
             want = base + a.jobs
+            cpu = {"contender": cpu_s(proc.pid), "mock": cpu_s(mk.p.pid), "client": cpu_s(os.getpid())}
             t0 = time.time()
             fill_producer(p, a.jobs, rng)
+            t_prod = time.time() - t0
         deadline = time.time() + a.timeout
         while cnt.n < want and time.time() < deadline and proc.poll() is None:
             time.sleep(0.02)
+        if cpu:  # CPU seconds spent during the measured stretch
+            cpu = {"contender": cpu_s(proc.pid) - cpu["contender"],
+                   "mock": cpu_s(mk.p.pid) - cpu["mock"], "client": cpu_s(os.getpid()) - cpu["client"]}
+            print("      cpu s: %s; producing took %.2f s" % (", ".join("%s %.2f" % kv for kv in cpu.items()), t_prod), flush=True)
         proc.terminate()
         proc.wait(30)
         cnt.close()

@@ -1061,6 +1061,7 @@ int qn_cache_flush(qn_cache *c)
 static void *tick_main(void *arg)
 {
     qn_cache *c = arg;
+    qn_thread_name("qn-cache-tick");
     int64_t last_sync = mono_ms(), last_check = last_sync;
     pthread_mutex_lock(&c->tick_mu);
     while (!c->stop) {

@@ -18,6 +18,7 @@ typedef struct worker {
     pthread_t tid;
     void *ctx;
     int started;
+    int index;
 } worker;
 
 struct qn_executor {
@@ -114,6 +115,7 @@ static void *thread_main(void *arg)
 {
     worker *w = arg;
     qn_executor *ex = w->ex;
+    qn_thread_name("qn-exec-%d", w->index);
     qn_batch batch = {0};
     qn_batch_scratch s = {0};
     while (qn_batcher_pop(ex->b, &batch) == 0) {
@@ -149,6 +151,7 @@ int qn_executor_start(qn_batcher *b, qn_backend *be, int threads, const qn_execu
     for (int i = 0; i < threads; i++) {
         worker *w = &ex->w[i];
         w->ex = ex;
+        w->index = i;
         rc = be->iface->ctx_create(be, &w->ctx);
         if (rc) goto fail;
         if (pthread_create(&w->tid, NULL, thread_main, w) != 0) {

@@ -2,6 +2,7 @@
  * with one write(2) so lines from threads never interleave. */
 #include "log.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,16 @@ void qn_log_init_from_env(void)
     if (!v) return;
     for (int i = 0; i < 4; i++)
         if (strncasecmp(v, g_names[i], strlen(v)) == 0 && v[0]) { qn_log_set_level((qn_log_level)i); return; }
+}
+
+void qn_thread_name(const char *fmt, ...)
+{
+    char name[16];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    pthread_setname_np(pthread_self(), name);
 }
 
 int qn_log_enabled(qn_log_level level) { return (int)level <= atomic_load(&g_level); }

@@ -18,6 +18,10 @@ void qn_log(qn_log_level level, const char *module, const char *fmt, ...)
 #define QN_LOGI(mod, ...) qn_log(QN_LOG_INFO, mod, __VA_ARGS__)
 #define QN_LOGD(mod, ...) do { if (qn_log_enabled(QN_LOG_DEBUG)) qn_log(QN_LOG_DEBUG, mod, __VA_ARGS__); } while (0)
 
+/* Names the calling thread (shown by top -H, ps -L, perf, gdb; Linux keeps
+ * 15 characters), e.g. "qn-exec-0". Best effort. */
+void qn_thread_name(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* Broken invariants are bugs, not errors: abort with file:line. Always on. */
 #define QN_ASSERT(cond) do { if (!(cond)) qn_assert_fail(#cond, __FILE__, __LINE__); } while (0)
 _Noreturn void qn_assert_fail(const char *expr, const char *file, int line);

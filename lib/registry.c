@@ -433,6 +433,7 @@ void qn_registry_each_name(qn_registry *r, void (*fn)(void *ud, const char *name
 static void *watch_main(void *arg)
 {
     qn_registry *r = arg;
+    qn_thread_name("qn-registry");
     pthread_mutex_lock(&r->wmu);
     while (!r->stop) {
         struct timespec dl;

@@ -41,12 +41,6 @@
 #include "tensor.h"
 
 #define BURST 256 /* messages taken per poll round */
-/* Backpressure: messages that do not fit the core's queue (or the in-flight
- * bound) wait here, already fetched; past these the partitions are paused.
- * Holding some before pausing matters: a pause drops librdkafka's prefetched
- * messages and a resume must fetch them again (one broker round trip). */
-#define HOLD_MAX 1024
-#define HOLD_BYTES (8u << 20)
 #define HDR_CORR "kafka_correlationId"
 #define HDR_REPLY_TOPIC "kafka_replyTopic"
 #define HDR_REPLY_PART "kafka_replyPartition"
@@ -67,6 +61,7 @@ typedef struct krec {
     int64_t offset;
     int deliveries;    /* produce acknowledgements still awaited */
     int dlq_tries;
+    uint64_t t_take, t_done; /* ns: admitted; result produced */
     bool failed;       /* a DLQ write finally failed: do not mark done */
     int32_t reply_partition;
     char *reply_hdr;   /* kafka_replyTopic, NUL-terminated, or NULL */
@@ -92,22 +87,27 @@ typedef struct kt {
     qn_job_limits limits;
     char *topic, *group, *reply_topic, *dlq_topic, *brokers;
     rd_kafka_t *consumer, *producer, *mock_rk;
+    /* Every assigned partition's messages are forwarded here, apart from the
+     * consumer queue, which keeps the group's events (rebalances, errors,
+     * commit results): so intake can stop reading messages without stopping
+     * serving the group. */
+    rd_kafka_queue_t *jobs_q;
     rd_kafka_mock_cluster_t *mock;
 
     /* quern.* settings (-X quern.KEY=VALUE) */
     int64_t max_inflight;
-    int commit_interval_ms, revoke_wait_ms, mock_partitions, mock_brokers;
+    int commit_interval_ms, revoke_wait_ms, mock_partitions, mock_brokers, pause_after_ms;
 
     /* IO thread only */
     kpart **parts; /* current epoch, indexed by partition */
     int nparts;
     rd_kafka_message_t **held; /* fetched, not yet admitted (FIFO) */
-    size_t nheld, held_cap, held_bytes;
+    size_t nheld, held_cap;
     qn_job *front_job; /* held[0] decoded, when front_valid */
     int front_rc;
     qn_decode_error front_err;
     bool front_valid, paused, closing;
-    uint64_t next_commit_ns;
+    uint64_t next_commit_ns, blocked_since_ns;
 
     pthread_t tid;
     bool started;
@@ -117,6 +117,8 @@ typedef struct kt {
     handoff *ho_head;
     /* counters for the shutdown summary and tests */
     atomic_int_fast64_t n_taken, n_answered, n_dlq, n_reply_failed, n_stuck, n_pauses;
+    /* IO thread: where a job's time goes (ns sums, maxima) */
+    uint64_t s_compute, s_ack, m_compute, m_ack, s_n;
 } kt;
 
 /* Set while the IO thread admits one message: an answer given right then
@@ -458,6 +460,15 @@ static void finish(kt *t, krec *r)
     } else {
         int rc = qn_offsets_done(r->part->offs, r->offset);
         QN_ASSERT(rc == 0);
+        uint64_t now = qn_now_ns();
+        if (r->t_done) {
+            uint64_t c = r->t_done - r->t_take, a = now - r->t_done;
+            t->s_compute += c;
+            t->s_ack += a;
+            if (c > t->m_compute) t->m_compute = c;
+            if (a > t->m_ack) t->m_ack = a;
+            t->s_n++;
+        }
         atomic_fetch_add(&t->n_answered, 1);
     }
     part_unref(r->part);
@@ -526,6 +537,7 @@ static void kt_complete(qn_job *job, const qn_result *res)
     }
 
     job->origin.data = NULL;
+    r->t_done = qn_now_ns();
     bool sync = tl_rec == r; /* answered inside admission: the raw message is at hand */
     bool dlq = sync && res->status == QN_STATUS_ERROR && is_dlq_code(res->code);
     r->deliveries = (addressable ? 1 : 0) + (dlq ? 1 : 0);
@@ -613,6 +625,7 @@ static krec *rec_new(const rd_kafka_message_t *m, kpart *p)
     char *tail = (char *)(r + 1);
     r->part = p;
     r->offset = m->offset;
+    r->t_take = qn_now_ns();
     r->reply_partition = RD_KAFKA_PARTITION_UA;
     if (corr) {
         r->corr = tail;
@@ -730,7 +743,6 @@ static int hold(kt *t, rd_kafka_message_t *m)
         t->held_cap = n;
     }
     t->held[t->nheld++] = m;
-    t->held_bytes += m->len;
     return 0;
 }
 
@@ -746,7 +758,6 @@ static void drop_held(kt *t, const rd_kafka_topic_partition_list_t *only)
                 qn_job_free(&t->front_job);
                 t->front_valid = false;
             }
-            t->held_bytes -= m->len;
             rd_kafka_message_destroy(m);
         } else {
             t->held[w++] = m;
@@ -759,12 +770,7 @@ static void drop_held(kt *t, const rd_kafka_topic_partition_list_t *only)
 static void admit_held(kt *t)
 {
     size_t i = 0;
-    while (i < t->nheld) {
-        size_t len = t->held[i]->len;
-        if (!try_admit(t, t->held[i])) break;
-        t->held_bytes -= len;
-        i++;
-    }
+    while (i < t->nheld && try_admit(t, t->held[i])) i++;
     if (i == 0) return; /* (held may still be NULL: nothing ever waited) */
     memmove(t->held, t->held + i, (t->nheld - i) * sizeof *t->held);
     t->nheld -= i;
@@ -784,11 +790,25 @@ static void on_message(kt *t, rd_kafka_message_t *m)
         return;
     }
     if (t->nheld == 0 && try_admit(t, m)) return;
+    /* No room: it waits, decoded, at the front (with at most the rest of
+     * its burst behind it) until the core drains. */
     if (hold(t, m)) {
         QN_LOGE("kafka", "out of memory holding a message; left uncommitted");
         rd_kafka_message_destroy(m);
     }
-    if (t->nheld >= HOLD_MAX || t->held_bytes >= HOLD_BYTES) set_paused(t, true);
+}
+
+/* Points the partitions' message queues at jobs_q (or back, when to is
+ * NULL). Done before they are assigned, so no message takes the other way. */
+static void forward_parts(kt *t, const rd_kafka_topic_partition_list_t *l, rd_kafka_queue_t *to)
+{
+    for (int i = 0; i < l->cnt; i++) {
+        rd_kafka_queue_t *pq = rd_kafka_queue_get_partition(t->consumer, l->elems[i].topic,
+                                                            l->elems[i].partition);
+        if (!pq) continue;
+        rd_kafka_queue_forward(pq, to);
+        rd_kafka_queue_destroy(pq);
+    }
 }
 
 /* ------------------------------------------------------------ rebalances */
@@ -826,6 +846,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         for (int i = 0; i < parts->cnt; i++)
             if (part_attach(t, parts->elems[i].partition))
                 QN_LOGE("kafka", "out of memory tracking partition %" PRId32, parts->elems[i].partition);
+        forward_parts(t, parts, t->jobs_q);
         if (coop) e = rd_kafka_incremental_assign(rk, parts);
         else aerr = rd_kafka_assign(rk, parts);
         if (t->paused || !atomic_load(&t->intake)) rd_kafka_pause_partitions(rk, parts);
@@ -856,43 +877,76 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 /* --------------------------------------------------------------- IO loop */
 
+/* Backpressure, in two steps. While the core has no room, intake stops
+ * reading messages (one decoded message waits at the front): librdkafka
+ * keeps what it prefetched and stops fetching at its queued.max.messages.*
+ * bounds, so memory stays bounded and a short stall costs nothing when it
+ * ends. A stall longer than quern.pause.after.ms pauses the partitions,
+ * which also frees the prefetched messages; resuming refetches them, and
+ * librdkafka 2.0 notices a resume only at its fetcher's next wake-up (up
+ * to ~1 s: bench/notes/kafka.md), which is why short stalls do not pause. */
+static void backpressure(kt *t, bool intake, uint64_t now)
+{
+    if (intake && t->nheld == 0) {
+        t->blocked_since_ns = 0;
+        if (t->paused) set_paused(t, false);
+        return;
+    }
+    if (!intake) {
+        set_paused(t, true);
+        return;
+    }
+    if (!t->blocked_since_ns) t->blocked_since_ns = now;
+    if (now - t->blocked_since_ns >= (uint64_t)t->pause_after_ms * 1000000u) set_paused(t, true);
+}
+
+/* Connects the producer and loads the default reply and DLQ topics'
+ * metadata while the consumer joins its group, so the first results do not
+ * wait for a connection, an idempotent producer id and a metadata round
+ * (~1 s with a backlog waiting: bench/notes/kafka.md). Best effort: with
+ * the brokers down nothing is lost by going on. */
+static void warm_producer(kt *t)
+{
+    const char *topics[] = {t->reply_topic, t->dlq_topic};
+    for (int i = 0; i < 2; i++) {
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(t->producer, topics[i], NULL);
+        if (!rkt) continue;
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t err = rd_kafka_metadata(t->producer, 0, rkt, &md, 5000);
+        if (err) QN_LOGW("kafka", "producer: no metadata for %s yet: %s", topics[i], rd_kafka_err2str(err));
+        else rd_kafka_metadata_destroy(md);
+        rd_kafka_topic_destroy(rkt);
+    }
+}
+
 static void *io_main(void *arg)
 {
     kt *t = arg;
+    qn_thread_name("qn-kafka-io");
     tl_owner = t;
+    warm_producer(t);
+    rd_kafka_message_t *burst[BURST];
     while (!atomic_load(&t->quit)) {
         bool intake = atomic_load(&t->intake);
         process_handoffs(t);
         rd_kafka_poll(t->producer, 0);
-        if (!intake) {
-            drop_held(t, NULL);
-            set_paused(t, true);
-        }
+        if (!intake) drop_held(t, NULL);
         admit_held(t);
-        /* Resume early enough that the refetch overlaps the held backlog. */
-        if (t->paused && intake && t->nheld <= HOLD_MAX / 4 && t->held_bytes <= HOLD_BYTES / 4)
-            set_paused(t, false);
+        backpressure(t, intake, qn_now_ns());
 
-        if (t->paused || !intake) {
-            /* Blocked: wait for results to leave, but keep serving the
-             * group (rebalances arrive through the consumer queue). */
-            rd_kafka_poll(t->producer, 1);
+        /* The group's events, and any message that came before its
+         * partition's queue was forwarded. */
+        for (int i = 0; i < BURST; i++) {
             rd_kafka_message_t *m = rd_kafka_consumer_poll(t->consumer, 0);
-            if (m) on_message(t, m);
-        } else if (t->nheld > 0) {
-            /* Waiting for room: keep fetching into the hold, a little slower. */
-            rd_kafka_poll(t->producer, 1);
-            rd_kafka_message_t *m = rd_kafka_consumer_poll(t->consumer, 0);
-            for (int i = 0; m && i < BURST; i++) {
-                on_message(t, m);
-                m = i + 1 < BURST ? rd_kafka_consumer_poll(t->consumer, 0) : NULL;
-            }
+            if (!m) break;
+            on_message(t, m);
+        }
+        if (intake && t->nheld == 0) {
+            ssize_t n = rd_kafka_consume_batch_queue(t->jobs_q, 5, burst, BURST);
+            for (ssize_t i = 0; i < n; i++) on_message(t, burst[i]);
         } else {
-            rd_kafka_message_t *m = rd_kafka_consumer_poll(t->consumer, 5);
-            for (int i = 0; m && i < BURST; i++) {
-                on_message(t, m);
-                m = i + 1 < BURST ? rd_kafka_consumer_poll(t->consumer, 0) : NULL;
-            }
+            /* Blocked: wait for results to leave. */
+            rd_kafka_poll(t->producer, 1);
         }
         qn_core_local_flush(t->core, t->local);
         uint64_t now = qn_now_ns();
@@ -943,6 +997,15 @@ static void kt_destroy(void *self)
     if (t->consumer) {
         t->closing = true;
         commit_parts(t, NULL, true);
+        if (t->jobs_q) { /* its messages were never taken: uncommitted */
+            rd_kafka_topic_partition_list_t *l = NULL;
+            if (rd_kafka_assignment(t->consumer, &l) == 0 && l) {
+                forward_parts(t, l, NULL);
+                rd_kafka_topic_partition_list_destroy(l);
+            }
+            rd_kafka_queue_destroy(t->jobs_q);
+            t->jobs_q = NULL;
+        }
         rd_kafka_resp_err_t err = rd_kafka_consumer_close(t->consumer); /* revokes: commits again */
         if (err) QN_LOGW("kafka", "consumer close: %s", rd_kafka_err2str(err));
         rd_kafka_destroy(t->consumer);
@@ -954,6 +1017,10 @@ static void kt_destroy(void *self)
                 "%" PRId64 " pauses", (int64_t)t->n_taken, (int64_t)t->n_answered,
                 (int64_t)t->n_dlq, (int64_t)t->n_reply_failed, (int64_t)t->n_stuck,
                 (int64_t)t->n_pauses);
+    if (t->s_n)
+        QN_LOGI("kafka", "per job: taken to result produced %.1f ms mean (max %.1f), produced to "
+                "acknowledged %.1f ms mean (max %.1f)", t->s_compute / 1e6 / t->s_n,
+                t->m_compute / 1e6, t->s_ack / 1e6 / t->s_n, t->m_ack / 1e6);
     for (int i = 0; i < t->nparts; i++) part_detach(t, i);
     free(t->parts);
     free(t->held);
@@ -994,6 +1061,7 @@ static int own_setting(kt *t, const char *k, const char *v)
     static const struct { const char *name; long lo, hi; } keys[] = {
         {"max.inflight", 1, 1000000}, {"commit.interval.ms", 10, 600000},
         {"revoke.wait.ms", 0, 600000}, {"mock.partitions", 1, 1024}, {"mock.brokers", 1, 16},
+        {"pause.after.ms", 0, 600000},
     };
     char *end;
     long n = strtol(v, &end, 10);
@@ -1008,11 +1076,12 @@ static int own_setting(kt *t, const char *k, const char *v)
         else if (i == 1) t->commit_interval_ms = (int)n;
         else if (i == 2) t->revoke_wait_ms = (int)n;
         else if (i == 3) t->mock_partitions = (int)n;
-        else t->mock_brokers = (int)n;
+        else if (i == 4) t->mock_brokers = (int)n;
+        else t->pause_after_ms = (int)n;
         return 0;
     }
     QN_LOGE("kafka", "-X quern.%s: unknown setting (max.inflight, commit.interval.ms, "
-            "revoke.wait.ms, mock.partitions, mock.brokers)", k);
+            "revoke.wait.ms, mock.partitions, mock.brokers, pause.after.ms)", k);
     return QN_EINVAL;
 }
 
@@ -1113,6 +1182,7 @@ int qn_kafka_transport_create(const qn_kafka_opts *o, qn_core *core, qn_transpor
     t->revoke_wait_ms = 5000;
     t->mock_partitions = 16;
     t->mock_brokers = 1;
+    t->pause_after_ms = 1000;
     t->topic = strdup(o->topic);
     t->group = strdup(o->group);
     t->reply_topic = strdup(o->reply_topic);
@@ -1159,6 +1229,7 @@ int qn_kafka_transport_create(const qn_kafka_opts *o, qn_core *core, qn_transpor
     }
     cc = NULL;
     rd_kafka_poll_set_consumer(t->consumer);
+    if (!(t->jobs_q = rd_kafka_queue_new(t->consumer))) goto fail;
     rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(sub, t->topic, RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t e = rd_kafka_subscribe(t->consumer, sub);

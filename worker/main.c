@@ -297,7 +297,14 @@ int main(int argc, char **argv)
         char v[16];
         snprintf(v, sizeof v, "%d", o.blas_threads);
         if (setenv("OPENBLAS_NUM_THREADS", v, 1) == 0) {
-            execv("/proc/self/exe", argv);
+            /* Through the real path, so the process keeps its name ("exe"
+             * otherwise, in ps, top and pgrep). */
+            char self[4096];
+            ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+            if (n > 0) {
+                self[n] = 0;
+                execv(self, argv);
+            }
             QN_LOGW("worker", "re-exec with OPENBLAS_NUM_THREADS=%s failed; continuing", v);
         }
     }

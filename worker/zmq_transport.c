@@ -181,6 +181,7 @@ static int receive_one(zt *t)
 static void *io_main(void *arg)
 {
     zt *t = arg;
+    qn_thread_name("qn-zmq-io");
     zmq_pollitem_t items[2] = {{t->pull, 0, ZMQ_POLLIN, 0}, {t->router, 0, ZMQ_POLLIN, 0}};
     for (;;) {
         int intake = atomic_load(&t->intake);

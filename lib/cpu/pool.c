@@ -18,6 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "log.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define cpu_relax() _mm_pause()
@@ -112,6 +114,7 @@ static uint32_t wait_gen(qn_cpu_pool *p, uint32_t seen)
 static void *helper_main(void *vp)
 {
     qn_cpu_pool *p = vp;
+    qn_thread_name("qn-intraop");
     uint32_t seen = 0;
     for (;;) {
         seen = wait_gen(p, seen);

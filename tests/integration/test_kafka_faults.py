@@ -1,7 +1,7 @@
 """Kafka transport under faults, driven through quern-kafka-mock's control
 channel: a broker down for 5 s (no job lost), results that finally fail
 delivery (copied to the DLQ, never dropped), backpressure with a tiny queue
-(partitions paused, nothing rejected), and SIGTERM mid-stream (stop
+(intake stops, then partitions pause; nothing rejected), and SIGTERM mid-stream (stop
 fetching, finish, commit, exit 0; a restart replays nothing committed)."""
 import time
 
@@ -94,25 +94,32 @@ def test_delivery_failure_goes_to_dlq(repo):
 
 
 def test_backpressure_pauses(repo):
-    """--queue-limit far below the lag: the worker pauses its partitions
-    instead of rejecting; every job is answered ok."""
+    """--queue-limit far below the lag: the worker stops reading (and, once
+    stalled past quern.pause.after.ms, pauses its partitions) instead of
+    rejecting; every job is answered ok. Run with the default pause delay
+    and with 0 (pause as soon as intake blocks), which must pause."""
     n = 2000
-    with Mock(["quern.jobs:8", "quern.results:8", "quern.dlq:2"]) as mk:
-        x = np.ones((1, 256), np.float32)
-        produce_jobs(producer(mk.bootstrap), "quern.jobs",
-                     [predict_job(i, "slow", x) for i in range(n)])
-        with kafka_worker(repo, mk.bootstrap, "--queue-limit", "16", "--max-batch", "8") as w:
-            col = Collector(mk.bootstrap, ["quern.results"])
-            col.wait(lambda m: len(m) >= n, 120)
-            col.close()
-            got = ids_answered(col)
-            assert set(got) == set(range(n))
-            bad = [r for rs in got.values() for r in rs if r["status"] != "ok"]
-            assert not bad, bad[:3]
-            assert w.stop() == 0
-            pauses = int(w.wait_for(r"(\d+) pauses", 1).group(1))
-            assert pauses > 0, w.log()[-2000:]
-            print("   %d jobs, %d pauses, 0 rejected" % (n, pauses))
+    for pause_after in (None, 0):
+        with Mock(["quern.jobs:8", "quern.results:8", "quern.dlq:2"]) as mk:
+            x = np.ones((1, 256), np.float32)
+            produce_jobs(producer(mk.bootstrap), "quern.jobs",
+                         [predict_job(i, "slow", x) for i in range(n)])
+            extra = [] if pause_after is None else ["-X", "quern.pause.after.ms=%d" % pause_after]
+            with kafka_worker(repo, mk.bootstrap, "--queue-limit", "16", "--max-batch", "8",
+                              *extra) as w:
+                col = Collector(mk.bootstrap, ["quern.results"])
+                col.wait(lambda m: len(m) >= n, 120)
+                col.close()
+                got = ids_answered(col)
+                assert set(got) == set(range(n))
+                bad = [r for rs in got.values() for r in rs if r["status"] != "ok"]
+                assert not bad, bad[:3]
+                assert w.stop() == 0
+                pauses = int(w.wait_for(r"(\d+) pauses", 1).group(1))
+                if pause_after == 0:
+                    assert pauses > 0, w.log()[-2000:]
+                print("   pause.after.ms %s: %d jobs, %d pauses, 0 rejected"
+                      % ("default" if pause_after is None else pause_after, n, pauses))
 
 
 def test_sigterm_then_restart(repo):
