@@ -67,8 +67,13 @@ class Counter:
 
     def run(self):
         while not self.stop:
-            msgs = self.c.consume(1000, 0.05)
+            # poll() returns as soon as one result is there (consume(n, t)
+            # would wait for n or the whole t: up to 50 ms of false latency).
+            m = self.c.poll(0.05)
             now = time.time()
+            if m is None:
+                continue
+            msgs = [m] + self.c.consume(1000, 0)
             for m in msgs:
                 if m.error():
                     continue
@@ -101,17 +106,23 @@ def job_bytes(i, x):
                           "inputs": {"dtype": "f32", "shape": [1, x.shape[0]], "data": x.tobytes()}})
 
 
-def fill(bootstrap, n, rng):
+def make_jobs(n, rng):
+    """The jobs, encoded up front: generating and packing them is not part
+    of what is measured."""
+    x = rng.standard_normal((n, DIMS[0])).astype("<f4")
+    return [(job_bytes(i, x[i]), str(i)) for i in range(n)]
+
+
+def fill(bootstrap, jobs):
     fill_producer(Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
-                            "batch.num.messages": 2000}), n, rng)
+                            "batch.num.messages": 2000}), jobs)
 
 
-def fill_producer(p, n, rng):
-    x = rng.standard_normal((n, 256)).astype("<f4")
-    for i in range(n):
+def fill_producer(p, jobs):
+    for i, (value, key) in enumerate(jobs):
         while True:
             try:
-                p.produce("quern.jobs", job_bytes(i, x[i]), key=str(i))
+                p.produce("quern.jobs", value, key=key)
                 break
             except BufferError:
                 p.poll(0.01)
@@ -123,7 +134,7 @@ def fill_producer(p, n, rng):
 def contender_cmd(name, a, repo, bootstrap):
     model = os.path.join(repo, "bench", "1", "model.safetensors")
     if name == "quern":
-        return [os.path.join(a.build, "quern-worker"), "--model-repo", repo,
+        return a.wrap.split() + [os.path.join(a.build, "quern-worker"), "--model-repo", repo,
                 "--kafka-brokers", bootstrap] + a.quern_args.split()
     if name == "baseline":
         return ["/usr/bin/python3", os.path.join(HERE, "kafka_baseline.py"), "--brokers", bootstrap,
@@ -140,8 +151,9 @@ def throughput(name, a, repo, seed):
     rng = np.random.default_rng(seed)
     try:
         cpu = {}
+        jobs = make_jobs(a.jobs, rng)
         if a.backlog:
-            fill(mk.bootstrap, a.jobs, rng)
+            fill(mk.bootstrap, jobs)
         cnt = Counter(mk.bootstrap)
         log = open(a.log, "a") if a.log else subprocess.DEVNULL
         proc = subprocess.Popen(contender_cmd(name, a, repo, mk.bootstrap),
@@ -149,7 +161,7 @@ def throughput(name, a, repo, seed):
         want = a.jobs
         if not a.backlog:
             p = Producer({"bootstrap.servers": mk.bootstrap, "linger.ms": 5})
-            x = rng.standard_normal((1, 256)).astype("<f4")
+            x = rng.standard_normal((1, DIMS[0])).astype("<f4")
             t_end = time.time() + 30
             while cnt.n == 0 and time.time() < t_end:  # warm-up: one answered job
                 p.produce("quern.jobs", job_bytes(-1, x[0]), key="-1")
@@ -161,7 +173,7 @@ def throughput(name, a, repo, seed):
             want = base + a.jobs
             cpu = {"contender": cpu_s(proc.pid), "mock": cpu_s(mk.p.pid), "client": cpu_s(os.getpid())}
             t0 = time.time()
-            fill_producer(p, a.jobs, rng)
+            fill_producer(p, jobs)
             t_prod = time.time() - t0
         deadline = time.time() + a.timeout
         while cnt.n < want and time.time() < deadline and proc.poll() is None:
@@ -190,7 +202,7 @@ def latency(a, repo, extra):
         proc = subprocess.Popen(contender_cmd("quern", a, repo, mk.bootstrap) + extra,
                                 stdout=subprocess.DEVNULL, stderr=log)
         p = Producer({"bootstrap.servers": mk.bootstrap, "linger.ms": 0})
-        x = np.random.default_rng(1).standard_normal((1, 256)).astype("<f4")
+        x = np.random.default_rng(1).standard_normal((1, DIMS[0])).astype("<f4")
         time.sleep(6)  # group join (the mock waits 3 s)
         # warm-up until answers flow
         p.produce("quern.jobs", job_bytes(-1, x[0]), key="-1")
@@ -233,6 +245,7 @@ def main():
     ap.add_argument("--which", default="quern,baseline,echo")
     ap.add_argument("--timeout", type=float, default=120)
     ap.add_argument("--quern-args", default="", help="extra quern-worker flags")
+    ap.add_argument("--wrap", default="", help="prefix for the quern command, e.g. 'perf record -o F --'")
     ap.add_argument("--latency", action="store_true")
     ap.add_argument("--backlog", action="store_true", help="fill the topic before starting")
     ap.add_argument("--log", help="append the contenders' stderr to this file")
