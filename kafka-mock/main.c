@@ -16,7 +16,12 @@
  *                           Produce, Fetch, OffsetCommit, ...) fail with
  *                           these errors in order (numbers or names such as
  *                           NOT_LEADER_FOR_PARTITION)
+ *   clear API               drop the errors still pending for API
  *   topic NAME PARTITIONS   create a topic
+ *   coordinator GROUP ID    broker ID coordinates consumer group GROUP
+ *   leader TOPIC PART ID    broker ID becomes the partition's leader (as a
+ *                           controller would elect one when a broker dies;
+ *                           clients see NOT_LEADER and refresh metadata)
  *   quit                    exit (so does end of input, SIGTERM, SIGINT)
  *
  * Remember the mock's retention: each partition keeps only the newest 5 MiB
@@ -79,7 +84,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: quern-kafka-mock [--brokers N] [--topic NAME:PARTITIONS]...\n"
                "prints 'bootstrap LIST', then takes commands on stdin: down ID | up ID | "
-               "rtt ID MS | errors API ERR... | topic NAME PARTITIONS | quit\n");
+               "rtt ID MS | errors API ERR... | clear API | topic NAME PARTITIONS | leader TOPIC PART ID | coordinator GROUP ID | quit\n");
 }
 
 /* Runs one command line; writes the answer into ans. */
@@ -113,13 +118,24 @@ static void command(rd_kafka_mock_cluster_t *mc, char *line, int brokers, char *
                 return;
             }
         rd_kafka_mock_push_request_errors_array(mc, api, n, errs);
+    } else if (!strcmp(argv[0], "clear") && argc == 2) {
+        int16_t api;
+        if (parse_api(argv[1], &api)) {
+            snprintf(ans, anssz, "error: unknown API '%s'", argv[1]);
+            return;
+        }
+        rd_kafka_mock_clear_request_errors(mc, api);
+    } else if (!strcmp(argv[0], "coordinator") && argc == 3) {
+        err = rd_kafka_mock_coordinator_set(mc, "group", argv[1], atoi(argv[2]));
+    } else if (!strcmp(argv[0], "leader") && argc == 4) {
+        err = rd_kafka_mock_partition_set_leader(mc, argv[1], atoi(argv[2]), atoi(argv[3]));
     } else if (!strcmp(argv[0], "topic") && argc == 3) {
         if (create_topic(mc, argv[1], atoi(argv[2]), brokers))
             snprintf(ans, anssz, "error: cannot create topic %s", argv[1]);
         return;
     } else {
         snprintf(ans, anssz, "error: unknown command (down ID | up ID | rtt ID MS | errors API ERR... | "
-                             "topic NAME PARTITIONS | quit)");
+                             "topic NAME PARTITIONS | leader TOPIC PART ID | coordinator GROUP ID | quit)");
         return;
     }
     if (err) snprintf(ans, anssz, "error: %s", rd_kafka_err2str(err));
