@@ -134,7 +134,9 @@ def fill_producer(p, jobs):
 def contender_cmd(name, a, repo, bootstrap):
     model = os.path.join(repo, "bench", "1", "model.safetensors")
     if name == "quern":
-        return a.wrap.split() + [os.path.join(a.build, "quern-worker"), "--model-repo", repo,
+        # --compress: quern serves a compressed copy (the others the f32 model)
+        qrepo = getattr(a, "qrepo", None) or repo
+        return a.wrap.split() + [os.path.join(a.build, "quern-worker"), "--model-repo", qrepo,
                 "--kafka-brokers", bootstrap] + a.quern_args.split()
     if name == "baseline":
         return ["/usr/bin/python3", os.path.join(HERE, "kafka_baseline.py"), "--brokers", bootstrap,
@@ -245,6 +247,8 @@ def main():
     ap.add_argument("--which", default="quern,baseline,echo")
     ap.add_argument("--timeout", type=float, default=120)
     ap.add_argument("--quern-args", default="", help="extra quern-worker flags")
+    ap.add_argument("--compress", default="",
+                    help="quern serves the model compressed by 'quern compress IN OUT ARGS', e.g. '--int8'")
     ap.add_argument("--wrap", default="", help="prefix for the quern command, e.g. 'perf record -o F --'")
     ap.add_argument("--latency", action="store_true")
     ap.add_argument("--backlog", action="store_true", help="fill the topic before starting")
@@ -257,6 +261,14 @@ def main():
     os.makedirs(os.path.join(repo, "bench", "1"))
     quern_model.write_mlp(os.path.join(repo, "bench", "1", "model.safetensors"),
                           quern_model.random_mlp(DIMS, ["relu"] * (len(DIMS) - 2) + ["none"], 1))
+    if a.compress:
+        a.qrepo = tempfile.mkdtemp(prefix="kbench-c.")
+        os.makedirs(os.path.join(a.qrepo, "bench", "1"))
+        subprocess.run([os.path.join(a.build, "quern"), "compress",
+                        os.path.join(repo, "bench", "1", "model.safetensors"),
+                        os.path.join(a.qrepo, "bench", "1", "model.safetensors")] + a.compress.split(),
+                       check=True, stdout=subprocess.DEVNULL)
+        print("quern serves the model compressed with: %s" % a.compress)
     if a.latency:
         settings = [("defaults (linger 2, fetch.wait 100)", []),
                     ("linger 0", ["-X", "producer.linger.ms=0"]),
