@@ -45,6 +45,7 @@
 #define HDR_REPLY_TOPIC "kafka_replyTopic"
 #define HDR_REPLY_PART "kafka_replyPartition"
 #define DLQ_TRIES 3
+#define KNOWN_TOPICS 64 /* reply topics whose producer handles are kept */
 
 typedef struct kpart {
     int32_t partition;
@@ -103,6 +104,8 @@ typedef struct kt {
     int nparts;
     rd_kafka_message_t **held; /* fetched, not yet admitted (FIFO) */
     size_t nheld, held_cap;
+    struct { char *name; rd_kafka_topic_t *rkt; } known[KNOWN_TOPICS]; /* ring */
+    int known_next;
     qn_job *front_job; /* held[0] decoded, when front_valid */
     int front_rc;
     qn_decode_error front_err;
@@ -646,6 +649,24 @@ static krec *rec_new(const rd_kafka_message_t *m, kpart *p)
     return r;
 }
 
+/* A job names a reply topic this worker may not have produced to yet.
+ * Produced to by name only, librdkafka 2.0 first asks for a topic's
+ * metadata at its 1 s topic scan, so the first result to a new topic waited
+ * ~1 s; a topic handle created here asks at once, while the job computes.
+ * The last KNOWN_TOPICS topics keep their handles. IO thread. */
+static void know_topic(kt *t, const char *topic)
+{
+    if (!strcmp(topic, t->reply_topic)) return; /* warmed at start */
+    for (int i = 0; i < KNOWN_TOPICS; i++)
+        if (t->known[i].name && !strcmp(t->known[i].name, topic)) return;
+    int k = t->known_next;
+    t->known_next = (k + 1) % KNOWN_TOPICS;
+    if (t->known[k].rkt) rd_kafka_topic_destroy(t->known[k].rkt);
+    free(t->known[k].name);
+    t->known[k].name = strdup(topic);
+    t->known[k].rkt = t->known[k].name ? rd_kafka_topic_new(t->producer, topic, NULL) : NULL;
+}
+
 static bool has_room(kt *t, int64_t rows)
 {
     if (atomic_load(&t->inflight) >= t->max_inflight) return false;
@@ -710,6 +731,8 @@ static bool try_admit(kt *t, rd_kafka_message_t *m)
         return true;
     }
     p->refs++;
+    if (job && job->reply_to) know_topic(t, job->reply_to);
+    else if (r->reply_hdr) know_topic(t, r->reply_hdr);
     atomic_fetch_add(&t->inflight, 1);
     atomic_fetch_add(&t->n_taken, 1);
     if (!job) job = qn_job_new(0, 0);
@@ -1009,6 +1032,10 @@ static void kt_destroy(void *self)
         rd_kafka_resp_err_t err = rd_kafka_consumer_close(t->consumer); /* revokes: commits again */
         if (err) QN_LOGW("kafka", "consumer close: %s", rd_kafka_err2str(err));
         rd_kafka_destroy(t->consumer);
+    }
+    for (int i = 0; i < KNOWN_TOPICS; i++) {
+        if (t->known[i].rkt) rd_kafka_topic_destroy(t->known[i].rkt);
+        free(t->known[i].name);
     }
     if (t->producer) rd_kafka_destroy(t->producer);
     if (t->started)
