@@ -23,6 +23,13 @@ def status_kb(pid, key):
     raise KeyError(key)
 
 
+def sanitized(pid):
+    """AddressSanitizer keeps freed memory in quarantine and adds shadow
+    memory: RSS says nothing about the worker's own bound there."""
+    with open("/proc/%d/maps" % pid) as f:
+        return any("libasan" in line for line in f)
+
+
 def test_memory_bounded_by_backpressure(repo):
     with Mock(["quern.jobs:%d" % PARTS, "quern.results:%d" % PARTS, "quern.dlq:2"]) as mk:
         with kafka_worker(repo, mk.bootstrap, "--queue-limit", "32", "--max-batch", "8",
@@ -31,6 +38,7 @@ def test_memory_bounded_by_backpressure(repo):
                           "-X", "consumer.fetch.max.bytes=4194304",
                           "-X", "consumer.max.partition.fetch.bytes=262144") as w:
             base = status_kb(w.proc.pid, "VmRSS")
+            asan = sanitized(w.proc.pid)
             rng = np.random.default_rng(1)
             p = producer(mk.bootstrap, **{"linger.ms": 50, "batch.size": 4 << 20,
                                           "queue.buffering.max.kbytes": 262144})
@@ -47,6 +55,10 @@ def test_memory_bounded_by_backpressure(repo):
             assert w.stop() == 0
         backlog_kb = N * COLS * 4 // 1024
         grew = peak - base
+        if asan:
+            print("   AddressSanitizer build: every job answered; the RSS bound is checked "
+                  "in the plain build only (+%d MiB here)" % (grew // 1024))
+            return
         # prefetch + fetch responses + 64 jobs in flight + allocator slack:
         # a worker that read the backlog into memory would grow by ~128 MiB.
         assert grew < 48 * 1024, (base, peak, backlog_kb)
