@@ -69,6 +69,14 @@ class Worker:
                 m = self.wait_for(r"listening on (\S+)", 5)
                 self.endpoint = m.group(1)
 
+    def sanitized(self):
+        """Whether this worker runs under AddressSanitizer (make asan): its
+        memory and timing are not the product's (quarantine, shadow memory,
+        ~2-3x slower), so bounds that measure those are checked in the plain
+        build only."""
+        with open("/proc/%d/maps" % self.proc.pid) as f:
+            return any("libasan" in line for line in f)
+
     def _read(self):
         for line in self.proc.stderr:
             with self._cv:

@@ -23,13 +23,6 @@ def status_kb(pid, key):
     raise KeyError(key)
 
 
-def sanitized(pid):
-    """AddressSanitizer keeps freed memory in quarantine and adds shadow
-    memory: RSS says nothing about the worker's own bound there."""
-    with open("/proc/%d/maps" % pid) as f:
-        return any("libasan" in line for line in f)
-
-
 def test_memory_bounded_by_backpressure(repo):
     with Mock(["quern.jobs:%d" % PARTS, "quern.results:%d" % PARTS, "quern.dlq:2"]) as mk:
         with kafka_worker(repo, mk.bootstrap, "--queue-limit", "32", "--max-batch", "8",
@@ -38,7 +31,7 @@ def test_memory_bounded_by_backpressure(repo):
                           "-X", "consumer.fetch.max.bytes=4194304",
                           "-X", "consumer.max.partition.fetch.bytes=262144") as w:
             base = status_kb(w.proc.pid, "VmRSS")
-            asan = sanitized(w.proc.pid)
+            asan = w.sanitized()
             rng = np.random.default_rng(1)
             p = producer(mk.bootstrap, **{"linger.ms": 50, "batch.size": 4 << 20,
                                           "queue.buffering.max.kbytes": 262144})
