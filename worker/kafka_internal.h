@@ -80,6 +80,7 @@ typedef struct kt {
      * commit results): so intake can stop reading messages without stopping
      * serving the group. */
     rd_kafka_queue_t *jobs_q;
+    rd_kafka_topic_t *jobs_rkt; /* the consumer's handle on the job topic */
     rd_kafka_mock_cluster_t *mock;
 
     /* quern.* settings (-X quern.KEY=VALUE) */
@@ -97,7 +98,8 @@ typedef struct kt {
     int front_rc;
     qn_decode_error front_err;
     bool front_valid, paused, closing;
-    uint64_t next_commit_ns, blocked_since_ns;
+    uint64_t next_commit_ns, blocked_since_ns, last_kick_ns;
+    size_t q_peak; /* most messages seen waiting in jobs_q since the last kick */
 
     pthread_t tid;
     bool started;
@@ -106,7 +108,7 @@ typedef struct kt {
     pthread_mutex_t ho_mu;
     handoff *ho_head;
     /* counters for the shutdown summary and tests */
-    atomic_int_fast64_t n_taken, n_answered, n_dlq, n_reply_failed, n_stuck, n_pauses;
+    atomic_int_fast64_t n_taken, n_answered, n_dlq, n_reply_failed, n_stuck, n_pauses, n_kicks;
     /* IO thread: where a job's time goes (ns sums, maxima) */
     uint64_t s_compute, s_ack, m_compute, m_ack, s_n;
 } kt;

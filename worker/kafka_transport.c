@@ -84,6 +84,35 @@ static void backpressure(kt *t, bool intake, uint64_t now)
     if (now - t->blocked_since_ns >= (uint64_t)t->pause_after_ms * 1000000u) kt_set_paused(t, true);
 }
 
+/* librdkafka 2.0 stops fetching a partition whose prefetch is full and
+ * decides again only when that broker's thread next wakes, up to a second
+ * later (its fetch decision sets no timer for a full queue). A worker that
+ * drains a full prefetch faster than that sits idle (a 4 MiB prefetch:
+ * 5-9k jobs/s of the wide model: bench/notes/kafka.md). Any request wakes a
+ * broker's thread: once intake has drained half of a sizable prefetch, ask
+ * for the job topic's metadata, not waiting for the answer. The request
+ * goes to one usable broker (one broker: the leader of everything; several:
+ * a random one each time). rd_kafka_metadata is safe to leave early: its
+ * late answer travels in a heap op to a disabled queue (unlike
+ * offsets_for_times, whose late answer would write to the caller's stack).
+ * At most every KICK_MS. */
+#define KICK_MIN_QUEUED 256
+#define KICK_MS 50
+static void kick_fetchers(kt *t, uint64_t now)
+{
+    size_t len = (size_t)rd_kafka_queue_length(t->jobs_q);
+    if (len > t->q_peak) t->q_peak = len;
+    if (!t->jobs_rkt || t->q_peak < KICK_MIN_QUEUED || len > t->q_peak / 2 ||
+        now - t->last_kick_ns < (uint64_t)KICK_MS * 1000000u)
+        return;
+    t->q_peak = len;
+    t->last_kick_ns = now;
+    const struct rd_kafka_metadata *md = NULL;
+    if (rd_kafka_metadata(t->consumer, 0, t->jobs_rkt, &md, 0) == 0 && md)
+        rd_kafka_metadata_destroy(md);
+    atomic_fetch_add(&t->n_kicks, 1);
+}
+
 /* Connects the producer and loads the default reply and DLQ topics'
  * metadata while the consumer joins its group, so the first results do not
  * wait for a connection, an idempotent producer id and a metadata round
@@ -128,6 +157,7 @@ static void *io_main(void *arg)
         if (intake && t->nheld == 0) {
             ssize_t n = rd_kafka_consume_batch_queue(t->jobs_q, 5, burst, BURST);
             for (ssize_t i = 0; i < n; i++) kt_on_message(t, burst[i]);
+            kick_fetchers(t, qn_now_ns());
         } else {
             /* Blocked: wait for results to leave. */
             rd_kafka_poll(t->producer, 1);
@@ -181,6 +211,8 @@ static void kt_destroy(void *self)
     if (t->consumer) {
         t->closing = true;
         kt_commit_parts(t, NULL, true);
+        if (t->jobs_rkt) rd_kafka_topic_destroy(t->jobs_rkt);
+        t->jobs_rkt = NULL;
         if (t->jobs_q) { /* its messages were never taken: uncommitted */
             rd_kafka_topic_partition_list_t *l = NULL;
             if (rd_kafka_assignment(t->consumer, &l) == 0 && l) {
@@ -205,6 +237,9 @@ static void kt_destroy(void *self)
                 "%" PRId64 " pauses", (int64_t)t->n_taken, (int64_t)t->n_answered,
                 (int64_t)t->n_dlq, (int64_t)t->n_reply_failed, (int64_t)t->n_stuck,
                 (int64_t)t->n_pauses);
+    if (t->n_kicks)
+        QN_LOGI("kafka", "woke the fetchers %" PRId64 " time(s) after draining the prefetch",
+                (int64_t)t->n_kicks);
     if (t->s_n)
         QN_LOGI("kafka", "per job: taken to result produced %.1f ms mean (max %.1f), produced to "
                 "acknowledged %.1f ms mean (max %.1f)", t->s_compute / 1e6 / t->s_n,
@@ -420,6 +455,7 @@ int qn_kafka_transport_create(const qn_kafka_opts *o, qn_core *core, qn_transpor
     cc = NULL;
     rd_kafka_poll_set_consumer(t->consumer);
     if (!(t->jobs_q = rd_kafka_queue_new(t->consumer))) goto fail;
+    if (!(t->jobs_rkt = rd_kafka_topic_new(t->consumer, t->topic, NULL))) goto fail;
     rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(sub, t->topic, RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t e = rd_kafka_subscribe(t->consumer, sub);
