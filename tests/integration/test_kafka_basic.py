@@ -1,20 +1,21 @@
 """Kafka transport, the plain paths, against quern-kafka-mock with
 python3-confluent-kafka and kcat as clients: default and per-job reply
 topics, header request-reply (kafka_replyTopic, kafka_replyPartition,
-kafka_correlationId), keys, poison messages to the DLQ with nothing else
-lost, the embedded `--kafka-brokers mock`, and -X handling."""
+kafka_correlationId), keys, cache hits, poison messages to the DLQ with
+nothing else lost, the embedded `--kafka-brokers mock`, and -X handling."""
 import os
 import re
 import struct
 import subprocess
 import tempfile
+import time
 
 import msgpack
 import numpy as np
 
 from kafka_harness import (Collector, Mock, committed, ids_answered, kafka_worker, produce_jobs,
                            producer)
-from qn_harness import WORKER, Runner, Worker, make_repo, outputs, predict_job, quern_model
+from qn_harness import CLI, WORKER, Runner, Worker, make_repo, outputs, predict_job, quern_model
 
 LAYERS = quern_model.random_mlp([16, 32, 4], ["relu", "none"], 7)
 TOPICS = ["quern.jobs:8", "quern.results:4", "quern.dlq:2", "alt.results:3", "hdr.results:5"]
@@ -49,6 +50,42 @@ def test_reply_topics_and_keys(repo):
         # Every job committed at shutdown: offsets sum to the jobs produced.
         offs = committed(mk.bootstrap, "quern", "quern.jobs", 8)
         assert sum(max(o, 0) for o in offs.values()) == 61, offs
+
+
+def cache_entries(cdir):
+    out = subprocess.run([CLI, "cache", "stats", cdir], capture_output=True, text=True).stdout
+    m = re.search(r"^entries\s+(\d+)", out, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def test_cache_hits_over_kafka(repo):
+    """With --cache-dir, a repeated input arriving over Kafka is answered from
+    the cache (cached: true, the same bits), under its own id and key, and
+    every job is still committed."""
+    cdir = tempfile.mkdtemp(prefix="kcache.")
+    with Mock(TOPICS) as mk:
+        with kafka_worker(repo, mk.bootstrap, "--cache-dir", cdir) as w:
+            col = Collector(mk.bootstrap, ["quern.results"])
+            p = producer(mk.bootstrap)
+            produce_jobs(p, "quern.jobs", [predict_job(i, "m", rows(i)) for i in range(20)])
+            col.wait(lambda m: len(m) >= 20, 30)
+            # the same inputs again, new ids, once the first answers are stored
+            deadline = time.time() + 10
+            while cache_entries(cdir) < 20 and time.time() < deadline:
+                time.sleep(0.05)
+            produce_jobs(p, "quern.jobs", [predict_job(100 + i, "m", rows(i)) for i in range(20)])
+            col.wait(lambda m: len(m) >= 40, 30)
+            col.close()
+            got = {r["id"]: (m, r) for m, r in col.results()}
+            assert set(got) == set(range(20)) | set(range(100, 120)), sorted(got)
+            for i in range(20):
+                first, again = got[i][1], got[100 + i][1]
+                assert not first.get("cached") and again.get("cached") is True, (first, again)
+                assert outputs(again).tobytes() == outputs(first).tobytes()
+                assert got[100 + i][0].key() == str(100 + i).encode()
+            assert w.stop() == 0
+        offs = committed(mk.bootstrap, "quern", "quern.jobs", 8)
+        assert sum(max(o, 0) for o in offs.values()) == 40, offs
 
 
 def test_header_request_reply(repo):
@@ -190,6 +227,7 @@ if __name__ == "__main__":
     repo = make_repo({"m": {1: LAYERS}})
     r = Runner()
     r.run(test_reply_topics_and_keys, repo)
+    r.run(test_cache_hits_over_kafka, repo)
     r.run(test_header_request_reply, repo)
     r.run(test_poison_to_dlq, repo)
     r.run(test_embedded_mock_with_kcat, repo)
