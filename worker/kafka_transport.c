@@ -120,15 +120,21 @@ static void kick_fetchers(kt *t, uint64_t now)
  * the brokers down nothing is lost by going on. */
 static void warm_producer(kt *t)
 {
+    /* Bounded (the loop serves neither the group nor a stop meanwhile):
+     * brokers that do not answer in 1.5 s are left to the first result. */
     const char *topics[] = {t->reply_topic, t->dlq_topic};
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 2 && !atomic_load(&t->quit); i++) {
         rd_kafka_topic_t *rkt = rd_kafka_topic_new(t->producer, topics[i], NULL);
         if (!rkt) continue;
         const struct rd_kafka_metadata *md = NULL;
-        rd_kafka_resp_err_t err = rd_kafka_metadata(t->producer, 0, rkt, &md, 5000);
-        if (err) QN_LOGW("kafka", "producer: no metadata for %s yet: %s", topics[i], rd_kafka_err2str(err));
-        else rd_kafka_metadata_destroy(md);
+        rd_kafka_resp_err_t err = rd_kafka_metadata(t->producer, 0, rkt, &md, 1500);
+        if (!err) rd_kafka_metadata_destroy(md);
         rd_kafka_topic_destroy(rkt);
+        if (err) {
+            QN_LOGW("kafka", "producer: no metadata for %s yet (%s); going on", topics[i],
+                    rd_kafka_err2str(err));
+            break;
+        }
     }
 }
 
