@@ -15,9 +15,19 @@
 #include "log.h"
 #include "tensor.h"
 
+/* A heap entry carries its ordering key, so that sifting through thousands
+ * of queued jobs (a Kafka backlog) compares entries in one array instead of
+ * chasing a pointer per comparison (heap_pop was 1.4% of the worker's
+ * samples with 8192 jobs queued). */
+typedef struct hent {
+    int64_t priority;
+    uint64_t seq;
+    qn_job *job;
+} hent;
+
 typedef struct bqueue {
     qn_model *model; /* NULL: free slot */
-    qn_job **heap;   /* min-heap on (priority, seq) */
+    hent *heap;      /* min-heap on (priority, seq) */
     int n, cap;
     int64_t rows;
 } bqueue;
@@ -35,31 +45,31 @@ struct qn_batcher {
     int waiting;
 };
 
-static int job_less(const qn_job *a, const qn_job *b)
+static int ent_less(const hent *a, const hent *b)
 {
     return a->priority != b->priority ? a->priority < b->priority : a->seq < b->seq;
 }
 
-static void heap_up(qn_job **h, int i)
+static void heap_up(hent *h, int i)
 {
-    qn_job *x = h[i];
+    hent x = h[i];
     while (i > 0) {
         int p = (i - 1) / 2;
-        if (!job_less(x, h[p])) break;
+        if (!ent_less(&x, &h[p])) break;
         h[i] = h[p];
         i = p;
     }
     h[i] = x;
 }
 
-static void heap_down(qn_job **h, int n, int i)
+static void heap_down(hent *h, int n, int i)
 {
-    qn_job *x = h[i];
+    hent x = h[i];
     for (;;) {
         int c = 2 * i + 1;
         if (c >= n) break;
-        if (c + 1 < n && job_less(h[c + 1], h[c])) c++;
-        if (!job_less(h[c], x)) break;
+        if (c + 1 < n && ent_less(&h[c + 1], &h[c])) c++;
+        if (!ent_less(&h[c], &x)) break;
         h[i] = h[c];
         i = c;
     }
@@ -68,7 +78,7 @@ static void heap_down(qn_job **h, int n, int i)
 
 static qn_job *heap_pop(bqueue *q)
 {
-    qn_job *top = q->heap[0];
+    qn_job *top = q->heap[0].job;
     q->n--;
     if (q->n > 0) {
         q->heap[0] = q->heap[q->n];
@@ -144,7 +154,7 @@ int qn_batcher_push(qn_batcher *b, qn_job *job)
     if (!q) { rc = QN_ENOMEM; goto out; }
     if (q->n == q->cap) {
         int cap = q->cap ? q->cap * 2 : 64;
-        qn_job **h = realloc(q->heap, (size_t)cap * sizeof *h);
+        hent *h = realloc(q->heap, (size_t)cap * sizeof *h);
         if (!h) {
             if (q->n == 0) q->model = NULL;
             rc = QN_ENOMEM;
@@ -156,7 +166,7 @@ int qn_batcher_push(qn_batcher *b, qn_job *job)
     int was_empty = q->n == 0;
     job->t_arrival_ns = qn_now_ns();
     job->seq = b->seq++;
-    q->heap[q->n] = job;
+    q->heap[q->n] = (hent){.priority = job->priority, .seq = job->seq, .job = job};
     heap_up(q->heap, q->n);
     q->n++;
     q->rows += job->rows;
@@ -187,7 +197,7 @@ static void take(qn_batcher *b, bqueue *q, qn_batch *batch)
     int64_t now_ms = qn_wall_ms();
     batch->model = q->model;
     while (q->n > 0) {
-        qn_job *top = q->heap[0];
+        qn_job *top = q->heap[0].job;
         if (top->deadline_ms > 0 && now_ms > top->deadline_ms) {
             if (ensure_cap(&batch->expired, &batch->cap_expired, batch->nexpired + 1)) break;
             heap_pop(q);
@@ -215,10 +225,10 @@ static bqueue *pick(qn_batcher *b, uint64_t now, uint64_t *wake_at)
     for (int i = 0; i < b->nq; i++) {
         bqueue *q = &b->q[i];
         if (!q->model || q->n == 0) continue;
-        qn_job *top = q->heap[0];
+        qn_job *top = q->heap[0].job;
         uint64_t ready_at = top->t_arrival_ns + b->delay_ns;
         if (b->closed || q->rows >= b->o.max_batch_rows || now >= ready_at) {
-            if (!best || job_less(top, best->heap[0])) best = q;
+            if (!best || ent_less(&q->heap[0], &best->heap[0])) best = q;
         } else if (ready_at < *wake_at) {
             *wake_at = ready_at;
         }
