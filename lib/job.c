@@ -109,6 +109,32 @@ static qn_job *job_alloc(int64_t rows, int64_t cols, size_t tail, char **tail_ou
     return job;
 }
 
+/* A job block with room for rows x cols inputs that carries the decoded id
+ * (a string id copied from idstr) and reply_to, both NUL-terminated in the
+ * block's tail. NULL on allocation failure or impossible sizes. */
+static qn_job *job_with_id(int64_t rows, int64_t cols, const qn_id *id, const char *idstr,
+                           const msgpack_object *reply_to)
+{
+    size_t id_bytes = id->kind == QN_ID_STR ? (size_t)id->len + 1 : 0;
+    size_t rt_bytes = reply_to ? (size_t)reply_to->via.str.size + 1 : 0;
+    char *tail;
+    qn_job *job = job_alloc(rows, cols, id_bytes + rt_bytes, &tail);
+    if (!job) return NULL;
+    job->id = *id;
+    if (id->kind == QN_ID_STR) {
+        memcpy(tail, idstr, id->len);
+        tail[id->len] = '\0';
+        job->id.s = tail;
+        tail += id_bytes;
+    }
+    if (reply_to) {
+        memcpy(tail, reply_to->via.str.ptr, reply_to->via.str.size);
+        tail[reply_to->via.str.size] = '\0';
+        job->reply_to = tail;
+    }
+    return job;
+}
+
 qn_job *qn_job_new(int64_t rows, int64_t cols)
 {
     qn_job *job = job_alloc(rows, cols, 0, NULL);
@@ -649,24 +675,10 @@ int qn_job_decode(const void *buf, size_t len, const qn_job_limits *limits, qn_j
         if ((rc = tensor_parse(f[F_INPUTS], "inputs", &t, err))) goto bad;
     }
 
-    size_t id_bytes = id.kind == QN_ID_STR ? (size_t)id.len + 1 : 0;
-    size_t rt_bytes = reply_to ? (size_t)reply_to->via.str.size + 1 : 0;
-    char *tail;
-    qn_job *job = job_alloc(t.rows, t.cols, id_bytes + rt_bytes, &tail);
+    qn_job *job = job_with_id(t.rows, t.cols, &id, id.kind == QN_ID_STR ? f[F_ID]->via.str.ptr : NULL,
+                              reply_to);
     if (!job) { rc = QN_ENOMEM; goto done; }
     job->type = type;
-    job->id = id;
-    if (id.kind == QN_ID_STR) {
-        memcpy(tail, f[F_ID]->via.str.ptr, id.len);
-        tail[id.len] = '\0';
-        job->id.s = tail;
-        tail += id_bytes;
-    }
-    if (reply_to) {
-        memcpy(tail, reply_to->via.str.ptr, reply_to->via.str.size);
-        tail[reply_to->via.str.size] = '\0';
-        job->reply_to = tail;
-    }
     memcpy(job->model, m->via.str.ptr, m->via.str.size);
     job->model[m->via.str.size] = '\0';
     job->version = version;
@@ -683,25 +695,9 @@ bad:
     /* A job holding just the id (and reply_to), so the error reaches the
      * client correlated; without an id there is nothing to echo. */
     if (id_ok) {
-        size_t idb = id.kind == QN_ID_STR ? (size_t)id.len + 1 : 0;
-        size_t rtb = reply_to ? (size_t)reply_to->via.str.size + 1 : 0;
-        char *tl;
-        qn_job *ej = job_alloc(0, 0, idb + rtb, &tl);
-        if (ej) {
-            ej->id = id;
-            if (id.kind == QN_ID_STR) {
-                memcpy(tl, f[F_ID]->via.str.ptr, id.len);
-                tl[id.len] = '\0';
-                ej->id.s = tl;
-                tl += idb;
-            }
-            if (reply_to) {
-                memcpy(tl, reply_to->via.str.ptr, reply_to->via.str.size);
-                tl[reply_to->via.str.size] = '\0';
-                ej->reply_to = tl;
-            }
-            *out = ej;
-        }
+        qn_job *ej = job_with_id(0, 0, &id, id.kind == QN_ID_STR ? f[F_ID]->via.str.ptr : NULL,
+                                 reply_to);
+        if (ej) *out = ej;
     }
 done:
     zone_put(zone, owned);
