@@ -39,6 +39,12 @@ def outputs(res):
     return np.frombuffer(t["data"], dtype="<f4").reshape(t["shape"])
 
 
+def cache_stats(cdir):
+    """`quern cache stats DIR` as a dict of its lines (name -> text)."""
+    out = subprocess.run([CLI, "cache", "stats", cdir], capture_output=True, text=True).stdout
+    return dict(l.split(None, 1) for l in out.splitlines() if l.strip())
+
+
 def predict_job(jid, model, x, **kw):
     job = {"v": 1, "id": jid, "type": "predict", "model": model, "inputs": tensor(x)}
     job.update(kw)

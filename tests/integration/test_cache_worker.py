@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from qn_harness import BUILD, CLI, WORKER, Client, Runner, Worker, make_repo, outputs, predict_job, put_version, quern_model
+from qn_harness import BUILD, CLI, WORKER, Client, Runner, Worker, make_repo, outputs, predict_job, put_version, quern_model, cache_stats
 
 L1 = quern_model.random_mlp([32, 64, 8], ["relu", "softmax"], 1)
 L2 = quern_model.random_mlp([32, 64, 8], ["tanh", "softmax"], 2)
@@ -173,9 +173,8 @@ def test_size_bound_on_disk():
     du = subprocess.run(["du", "-sk", os.path.join(cdir, "data.mdb")], capture_output=True, text=True)
     kb = int(du.stdout.split()[0])
     assert kb <= size_mb * 1024, (kb, size_mb)
-    st = subprocess.run([CLI, "cache", "stats", cdir], capture_output=True, text=True).stdout
-    stats = dict(l.split(None, 1) for l in st.splitlines() if l.strip())
-    assert int(stats["evictions"]) > 0 and int(stats["write_failures"]) == 0, st
+    stats = cache_stats(cdir)
+    assert int(stats["evictions"]) > 0 and int(stats["write_failures"]) == 0, stats
 
 
 def test_corrupt_file_moved_aside(repo):

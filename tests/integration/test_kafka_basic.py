@@ -4,7 +4,6 @@ topics, header request-reply (kafka_replyTopic, kafka_replyPartition,
 kafka_correlationId), keys, cache hits, poison messages to the DLQ with
 nothing else lost, the embedded `--kafka-brokers mock`, and -X handling."""
 import os
-import re
 import struct
 import subprocess
 import tempfile
@@ -13,9 +12,8 @@ import time
 import msgpack
 import numpy as np
 
-from kafka_harness import (Collector, Mock, committed, ids_answered, kafka_worker, produce_jobs,
-                           producer)
-from qn_harness import CLI, WORKER, Runner, Worker, make_repo, outputs, predict_job, quern_model
+from kafka_harness import Collector, Mock, committed, kafka_worker, produce_jobs, producer
+from qn_harness import WORKER, Runner, Worker, cache_stats, make_repo, outputs, predict_job, quern_model
 
 LAYERS = quern_model.random_mlp([16, 32, 4], ["relu", "none"], 7)
 TOPICS = ["quern.jobs:8", "quern.results:4", "quern.dlq:2", "alt.results:3", "hdr.results:5"]
@@ -53,9 +51,7 @@ def test_reply_topics_and_keys(repo):
 
 
 def cache_entries(cdir):
-    out = subprocess.run([CLI, "cache", "stats", cdir], capture_output=True, text=True).stdout
-    m = re.search(r"^entries\s+(\d+)", out, re.M)
-    return int(m.group(1)) if m else 0
+    return int(cache_stats(cdir).get("entries", 0))
 
 
 def test_cache_hits_over_kafka(repo):
