@@ -432,6 +432,10 @@ int qn_model_load(const char *path, const char *name, int64_t version, qn_model 
     return 0;
 
 fail:
+    if (rc >= 0) { /* every failure sets its code; never report success without a model */
+        rc = QN_EINTERNAL;
+        lerr(&c, "internal error: the loader failed without a code");
+    }
     if (m) model_free(m);
     json_decref(layers);
     qn_st_close(&st);

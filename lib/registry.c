@@ -202,7 +202,14 @@ static qn_model *load_one(qn_registry *r, const reg_file *f)
     char path[4096], err[512];
     snprintf(path, sizeof path, "%s/%s/%lld/" MODEL_FILE, r->dir, f->name, (long long)f->version);
     qn_model *m = NULL;
+    /* Said before the parse, so that a crash inside it leaves the file's name
+     * as the last line of a debug log. */
+    QN_LOGD(MODULE, "%s v%lld: loading %s", f->name, (long long)f->version, path);
     int rc = qn_model_load(path, f->name, f->version, &m, err, sizeof err);
+    if (rc == 0 && !m) { /* a loader bug; refuse the version rather than crash on it */
+        rc = QN_EINTERNAL;
+        snprintf(err, sizeof err, "the loader reported success without a model");
+    }
     if (rc != 0) {
         QN_LOGW(MODULE, "%s v%lld: skipped, %s: %s (%s)", f->name, (long long)f->version,
                 qn_strerror(rc), err, path);

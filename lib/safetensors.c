@@ -207,12 +207,16 @@ static int parse_owned(uint8_t *buf, size_t len, qn_st_file **out, char *err, si
             f->meta = val;
             continue;
         }
-        if ((rc = parse_entry(key, val, data_len, &f->tensors[nt], &spans[nt], err, errlen)) != 0)
+        /* Its own code, so that rc stays QN_EFORMAT for every later check
+         * (issue 17: a metadata error after a valid entry returned 0). */
+        int erc = parse_entry(key, val, data_len, &f->tensors[nt], &spans[nt], err, errlen);
+        if (erc != 0) {
+            rc = erc;
             goto fail;
+        }
         spans[nt].idx = nt;
         nt++;
     }
-    rc = QN_EFORMAT;
 
     /* Sorted by offset, the tensors must tile [0, data_len) exactly. */
     qsort(spans, nt, sizeof *spans, span_cmp);
@@ -251,6 +255,12 @@ static int parse_owned(uint8_t *buf, size_t len, qn_st_file **out, char *err, si
     return 0;
 
 fail:
+    /* Only the success path above returns 0: a failure that forgot its code
+     * is a bug, but must never reach a caller as "parsed, no file". */
+    if (rc >= 0) {
+        rc = QN_EINTERNAL;
+        seterr(err, errlen, "internal error: safetensors parser failed without a code");
+    }
     free(spans);
     qn_st_close(&f);
     return rc;

@@ -213,6 +213,15 @@ static const struct bad {
     {"{\"__metadata__\":{\"a\":1}}", 0, "metadata value not a string"},
     {"{\"__metadata__\":{\"a\":null}}", 0, "metadata value null"},
     {"{\"__metadata__\":{\"a\":\"x\\u0000y\"}}", 0, "NUL in a string"},
+    /* Issue 17: metadata errors after a valid tensor entry once returned 0
+     * with no file (the entry's parse had reset the error code). */
+    {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+     "\"__metadata__\":{\"format\":1}}", 4, "metadata number after a tensor"},
+    {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+     "\"__metadata__\":[]}", 4, "metadata array after a tensor"},
+    {"{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+     "\"__metadata__\":{\"format\":\"quern.mlp.v1\",\"layers\":[]}}", 4,
+     "metadata layers not a string after a tensor"},
     {"{\"\xff\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, "not UTF-8"},
 };
 
