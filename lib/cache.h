@@ -1,5 +1,7 @@
 /* cache.h: the result cache, an LMDB store of model outputs keyed by a hash
- * of (model, version, dtype, shape, input bytes), with LFU eviction.
+ * of (model, version, dtype, shape, input bytes), with LFU eviction. This
+ * header is its one contract; the code is in lib/cache/ (cache_int.h there
+ * says which file holds what).
  *
  * One LMDB environment per directory, shared by every worker process on the
  * host (LMDB coordinates processes through lock.mdb) and surviving restarts
@@ -20,6 +22,9 @@
  *               tick_ms too, so a hits-only workload still persists bumps.
  * Reads (get) only ever open read-only transactions: they never wait for the
  * writer lock, and a writer never waits for them.
+ * Read-your-writes: an entry put is a hit for every get from the moment put
+ * returns (served from the queue until its flush has committed it), so the
+ * same job sent again right after its answer is a hit; writes stay batched.
  *
  * Every call is thread-safe except open and close, and the reader session
  * calls below, which act on a session owned by one thread. Errors are QN_E* codes;
@@ -96,9 +101,9 @@ void qn_cache_close(qn_cache **c);
 int qn_cache_key(const char *model, int64_t version, int64_t rows, int64_t cols, const float *data,
                  uint64_t out[2]);
 
-/* Looks the key up. On a hit fills out[0 .. rows*cols) with exactly the
- * floats that were put and returns 0, and records a frequency bump (written
- * at the next flush). Returns QN_ENOTFOUND on a miss; QN_ESHAPE when an entry
+/* Looks the key up, in LMDB and among the entries put and not yet flushed.
+ * On a hit fills out[0 .. rows*cols) with exactly the floats that were put
+ * and returns 0, and records a frequency bump (written at the next flush). Returns QN_ENOTFOUND on a miss; QN_ESHAPE when an entry
  * exists with another shape (counted as a miss); QN_ENOTFOUND too when the
  * entry fails its checksum (counted; it is deleted at the next flush);
  * QN_EEXTERNAL on an LMDB failure (logged). Any non-zero means: compute. */
@@ -115,9 +120,11 @@ int qn_cache_get(qn_cache *c, const uint64_t key[2], float **out, int64_t *rows,
  * frequency bumps under the pending lock once (written at the next flush, as
  * get_into's). Hits, misses and checksum failures count as with get_into.
  *
- * A session pins one LMDB snapshot for as long as it is open: it does not
- * see what is flushed meanwhile, and the pages it sees cannot be reused by a
- * writer, so a long-held session grows data.mdb toward the map bound. Hold
+ * A session pins one LMDB snapshot for as long as it is open (renewed only
+ * when a lookup misses it and a flush has committed since: a session sees
+ * every entry put before the lookup, flushed or not, as get_into does), and
+ * the pages it sees cannot be reused by a writer, so a long-held session
+ * grows data.mdb toward the map bound. Hold
  * one for a single burst only, and never across a wait. A session belongs to
  * the thread that began it (not thread-safe); different threads use
  * different sessions at the same time freely. Every session must be ended
@@ -140,9 +147,10 @@ int qn_cache_reader_get_into(qn_cache_reader *r, const uint64_t key[2], int64_t 
  * locked step. Sets *r NULL; NULL-safe. */
 void qn_cache_reader_end(qn_cache_reader **r);
 
-/* Queues one entry (copies data, rows*cols floats) for the next flush.
- * An entry that already exists at flush time is kept as it is (and counts
- * as a hit for LFU). Returns 0, QN_EINVAL, QN_ETOOLARGE (an entry above 1/32
+/* Queues one entry (copies data, rows*cols floats) for the next flush; gets
+ * find it from now on (read-your-writes). An entry that already exists at
+ * flush time is kept as it is (and counts as a hit for LFU); of two puts of
+ * one key waiting at once, the first is served and written. Returns 0, QN_EINVAL, QN_ETOOLARGE (an entry above 1/32
  * of the map), QN_EFULL (pending bound reached, or writes are off after a
  * failure: dropped and counted), QN_ENOMEM. */
 int qn_cache_put(qn_cache *c, const uint64_t key[2], int64_t rows, int64_t cols, const float *data);
@@ -159,6 +167,8 @@ int qn_cache_flush(qn_cache *c);
 typedef struct qn_cache_stats {
     /* Counted by this process since open (zero in qn_cache_stats_read). */
     uint64_t hits, misses, inserts, evictions, checksum_failures, write_failures, dropped;
+    /* Of hits, those answered from entries put and not yet flushed. */
+    uint64_t pending_hits;
     /* Totals over every process and restart, from the meta record. */
     uint64_t total_hits, total_misses, total_inserts, total_evictions, total_checksum_failures,
         total_write_failures;

@@ -84,6 +84,8 @@ enum { ST_HITS, ST_MISSES, ST_INSERTS, ST_EVICTIONS, ST_CSUM, ST_WFAIL, ST_BYTES
 
 /* One queued insert: the value exactly as it will be stored. */
 typedef struct pput {
+    struct pput *hnext; /* chain in the pending index (under pend_mu) */
+    bool indexed;       /* in the pending index (false: a later put of a key already there) */
     uint8_t key[16];
     uint64_t cost;
     size_t vlen;
@@ -122,6 +124,17 @@ struct qn_cache {
 
     pthread_mutex_t pend_mu;
     pending pend;
+    /* Read-your-writes: every queued insert by key, from put until its
+     * flush is over (in pend, or in work while it is written), so that a
+     * lookup that misses LMDB still finds what was answered (under pend_mu;
+     * pidx_n is also read without it, to skip the lock when it is 0). */
+    pput **pidx;
+    size_t pidx_cap;            /* buckets, a power of two (0: none yet) */
+    _Atomic size_t pidx_n;
+    /* Bumped after every committed flush transaction: a lookup whose
+     * snapshot is older may miss an entry that has already left the index,
+     * and then takes a fresh snapshot (read.c). */
+    _Atomic uint64_t commit_gen;
 
     pthread_mutex_t flush_mu; /* one flush at a time in this process */
     pending work;             /* taken from pend by a flush (under flush_mu) */
@@ -133,7 +146,7 @@ struct qn_cache {
     atomic_int_fast64_t writes_off_until; /* monotonic ms */
     atomic_bool broken;                   /* LMDB reported corruption: cache off */
 
-    _Atomic uint64_t hits, misses, inserts, evictions, csum_fail, wfail, dropped;
+    _Atomic uint64_t hits, misses, inserts, evictions, csum_fail, wfail, dropped, pending_hits;
 
     pthread_t tick;
     bool tick_started;
@@ -210,6 +223,12 @@ void qnc_readers_free(qn_cache *c);
 /* Records one frequency bump; caller holds pend_mu. */
 void qnc_record_bump_locked(qn_cache *c, uint64_t k0, uint64_t k1);
 void qnc_record_bump(qn_cache *c, const uint64_t key[2]);
+/* Looks kb up among the queued inserts (read-your-writes). As read.c's
+ * fetch: with into, the shape must be want_rows x want_cols and the floats
+ * land there; otherwise a new *alloc with its shape. 0 (found, copied),
+ * QN_ESHAPE, QN_ENOTFOUND or QN_ENOMEM. Counts nothing. */
+int qnc_pending_get(qn_cache *c, const uint8_t kb[16], int64_t want_rows, int64_t want_cols, float *into,
+                    float **alloc, int64_t *rows, int64_t *cols);
 /* Queues the delete of an entry that failed its checksum. */
 void qnc_record_delete(qn_cache *c, const uint8_t key[16]);
 /* The flush behind qn_cache_flush; force_counters persists the counters even

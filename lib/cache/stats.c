@@ -78,6 +78,7 @@ int qn_cache_stats_get(qn_cache *c, qn_cache_stats *st)
     st->checksum_failures = cnt_get(&c->csum_fail);
     st->write_failures = cnt_get(&c->wfail);
     st->dropped = cnt_get(&c->dropped);
+    st->pending_hits = cnt_get(&c->pending_hits);
     st->high_bytes = c->high_bytes;
     st->low_bytes = c->low_bytes;
     MDB_txn *t;

@@ -47,9 +47,116 @@ void qnc_record_delete(qn_cache *c, const uint8_t key[16])
     pthread_mutex_unlock(&c->pend_mu);
 }
 
-static void pending_free_puts(pending *p, size_t from)
+/* ---- the pending index (read-your-writes).
+ * A put is answered before its flush, so without this a client that sends
+ * the same job again as soon as it has its answer misses. Chained hashing on
+ * the key, chains through the queued inserts themselves, so indexing costs
+ * no allocation but the bucket array's growth. */
+
+static size_t pidx_slot(const qn_cache *c, const uint8_t kb[16])
 {
-    for (size_t i = from; i < p->nputs; i++) free(p->puts[i]);
+    return (size_t)(get_u64(kb) ^ get_u64(kb + 8)) & (c->pidx_cap - 1);
+}
+
+/* Caller holds pend_mu. */
+static pput *pidx_find_locked(qn_cache *c, const uint8_t kb[16])
+{
+    if (!c->pidx_cap) return NULL;
+    for (pput *p = c->pidx[pidx_slot(c, kb)]; p; p = p->hnext)
+        if (!memcmp(p->key, kb, 16)) return p;
+    return NULL;
+}
+
+/* Doubles the buckets (load factor 1). On ENOMEM the chains just get longer. */
+static void pidx_grow_locked(qn_cache *c)
+{
+    size_t ncap = c->pidx_cap ? c->pidx_cap * 2 : 1024, ocap = c->pidx_cap;
+    pput **nb = calloc(ncap, sizeof *nb), **ob = c->pidx;
+    if (!nb) return;
+    c->pidx = nb;
+    c->pidx_cap = ncap;
+    for (size_t i = 0; i < ocap; i++) {
+        for (pput *p = ob[i], *next; p; p = next) {
+            next = p->hnext;
+            size_t sl = pidx_slot(c, p->key);
+            p->hnext = nb[sl];
+            nb[sl] = p;
+        }
+    }
+    free(ob);
+}
+
+/* Indexes p unless its key is already there: the first answer is the one
+ * served, as the first is the one a flush writes. Caller holds pend_mu. */
+static void pidx_add_locked(qn_cache *c, pput *p)
+{
+    p->indexed = false;
+    p->hnext = NULL;
+    size_t n = atomic_load_explicit(&c->pidx_n, memory_order_relaxed);
+    if (n >= c->pidx_cap) pidx_grow_locked(c);
+    if (!c->pidx_cap || pidx_find_locked(c, p->key)) return;
+    size_t sl = pidx_slot(c, p->key);
+    p->hnext = c->pidx[sl];
+    c->pidx[sl] = p;
+    p->indexed = true;
+    atomic_store(&c->pidx_n, n + 1);
+}
+
+/* Caller holds pend_mu. */
+static void pidx_remove_locked(qn_cache *c, pput *p)
+{
+    if (!p->indexed) return;
+    for (pput **pp = &c->pidx[pidx_slot(c, p->key)]; *pp; pp = &(*pp)->hnext) {
+        if (*pp == p) {
+            *pp = p->hnext;
+            p->indexed = false;
+            atomic_fetch_sub(&c->pidx_n, 1);
+            return;
+        }
+    }
+    QN_ASSERT(!"indexed insert not in the pending index");
+}
+
+int qnc_pending_get(qn_cache *c, const uint8_t kb[16], int64_t want_rows, int64_t want_cols, float *into,
+                    float **alloc, int64_t *rows, int64_t *cols)
+{
+    if (!atomic_load(&c->pidx_n)) return QN_ENOTFOUND;
+    int rc = QN_ENOTFOUND;
+    pthread_mutex_lock(&c->pend_mu);
+    const pput *p = pidx_find_locked(c, kb);
+    if (p) {
+        const unsigned char *v = p->v;
+        int64_t r = get_u32(v + 8), k = get_u32(v + 12);
+        size_t n = p->vlen - VAL_HDR;
+        if (into) {
+            if (r != want_rows || k != want_cols) rc = QN_ESHAPE;
+            else { memcpy(into, v + VAL_HDR, n); rc = 0; }
+        } else {
+            float *f = malloc(n ? n : 1);
+            if (!f) rc = QN_ENOMEM;
+            else {
+                memcpy(f, v + VAL_HDR, n);
+                *alloc = f;
+                *rows = r;
+                *cols = k;
+                rc = 0;
+            }
+        }
+    }
+    pthread_mutex_unlock(&c->pend_mu);
+    return rc;
+}
+
+/* Drops p's inserts from the index, then frees them. After a flush this runs
+ * only once every transaction of it has committed (or failed): until then a
+ * lookup that misses LMDB must still find them here. */
+static void pending_free_puts(qn_cache *c, pending *p)
+{
+    if (!p->nputs) return;
+    pthread_mutex_lock(&c->pend_mu);
+    for (size_t i = 0; i < p->nputs; i++) pidx_remove_locked(c, p->puts[i]);
+    pthread_mutex_unlock(&c->pend_mu);
+    for (size_t i = 0; i < p->nputs; i++) free(p->puts[i]);
     p->nputs = 0;
     p->put_bytes = 0;
 }
@@ -101,6 +208,7 @@ int qn_cache_put(qn_cache *c, const uint64_t key[2], int64_t rows, int64_t cols,
     if (rc == 0) {
         pd->puts[pd->nputs++] = p;
         pd->put_bytes += vlen;
+        pidx_add_locked(c, p);
         p = NULL;
     }
     pthread_mutex_unlock(&c->pend_mu);
@@ -255,6 +363,8 @@ static int flush_txn(qn_cache *c, pending *w, flush_pos *pos, uint64_t *n_ins, u
     rc = mdb_txn_commit(txn);
     txn = NULL;
     if (rc) goto fail;
+    /* before this txn's inserts leave the pending index (read.c) */
+    atomic_fetch_add(&c->commit_gen, 1);
     c->persisted[0] = cur[0];
     c->persisted[1] = cur[1];
     c->persisted[4] = cur[4];
@@ -326,7 +436,7 @@ int qnc_flush(qn_cache *c, bool force_counters)
     cnt_add(&c->evictions, ev);
     c->last_persist_ms = now;
 done:
-    pending_free_puts(w, 0);
+    pending_free_puts(c, w);
     if (w->nbumps) memset(w->bumps, 0, BUMP_CAP * sizeof *w->bumps);
     w->nbumps = 0;
     w->ndels = 0;
@@ -343,7 +453,11 @@ int qnc_pending_init(qn_cache *c)
 
 void qnc_pending_free(qn_cache *c)
 {
-    pending_free_puts(&c->pend, 0);
+    pending_free_puts(c, &c->pend);
+    pending_free_puts(c, &c->work);
+    free(c->pidx);
+    c->pidx = NULL;
+    c->pidx_cap = 0;
     free(c->pend.puts);
     free(c->work.puts);
     free(c->pend.bumps);

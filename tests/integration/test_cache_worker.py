@@ -86,6 +86,29 @@ def test_hits_and_semantics(repo, cdir):
     assert "hits" in rc.stdout and "entries" in rc.stdout, rc.stdout
 
 
+def test_read_your_writes(repo):
+    """Issue 9 item 7: the same job again, sent as soon as the first answer
+    arrived, is a hit (bit-identical, cached: true), before any batched
+    write could have landed; on the direct path and through the executors."""
+    for extra in ([], ["--direct-max-flops", "0", "--threads", "2"]):
+        cdir = tmpdir("cache-ryw")
+        with Worker(repo, "--cache-dir", cdir, "--cache-size", "64", *extra) as w:
+            c = Client(w.endpoint)
+            rng = np.random.default_rng(7)
+            for i in range(40):
+                x = rng.standard_normal((1 + i % 4, 32)).astype(np.float32)
+                first = c.call(predict_job("a%d" % i, "m", x))
+                assert first["status"] == "ok" and first["cached"] is False, first
+                again = c.call(predict_job("b%d" % i, "m", x))
+                assert again["status"] == "ok" and again["cached"] is True, (extra, i, again)
+                assert again["id"] == "b%d" % i
+                assert outputs(again).tobytes() == outputs(first).tobytes()
+            c.close()
+            assert w.stop() == 0
+        # and the batched writes did land
+        assert int(cache_stats(cdir)["entries"]) == 40, cache_stats(cdir)
+
+
 def test_two_workers_share(repo):
     cdir = tmpdir("cache-share")
     with Worker(repo, "--cache-dir", cdir, "--cache-size", "64") as a, \
@@ -201,6 +224,7 @@ if __name__ == "__main__":
     repo = make_repo({"m": {1: L1}})
     r = Runner()
     r.run(test_hits_and_semantics, repo, tmpdir("cache"))
+    r.run(test_read_your_writes, repo)
     r.run(test_two_workers_share, repo)
     r.run(test_kill9_during_writes, repo)
     r.run(test_size_bound_on_disk)
