@@ -13,7 +13,9 @@
  * Loading and backend preparation happen with no lock that lookups need, so
  * a slow load never stalls serving. A replaced or removed model is unref'd
  * only after the table that pointed at it is gone; batches holding it finish
- * on it. This file must never serve a model that has not been prepared. */
+ * on it. Which versions of a model are loaded at all is its version policy
+ * (REPO/<name>/config.json, model_config.h), read again when it changes.
+ * This file must never serve a model that has not been prepared. */
 #include "registry.h"
 
 #include <dirent.h>
@@ -27,9 +29,11 @@
 
 #include "error.h"
 #include "log.h"
+#include "model_config.h"
 
 #define MODULE "registry"
 #define MODEL_FILE "model.safetensors"
+#define CONFIG_FILE "config.json"
 #define DEFAULT_INTERVAL_MS 500
 
 typedef struct reg_id {
@@ -60,6 +64,16 @@ typedef struct served_table {
     served_model *m;    /* sorted by name */
 } served_table;
 
+/* A model's version policy (REPO/<name>/config.json) as the last scan left
+ * it: the file's identity when it was last read, and the policy in effect,
+ * which a malformed file does not change. */
+typedef struct reg_conf {
+    char name[QN_MODEL_NAME_MAX + 1];
+    int present;             /* a config file was there at the last scan */
+    reg_id id;               /* its identity when last read (read again only when it changes) */
+    qn_version_policy pol;   /* in effect; the default (all) without a file */
+} reg_conf;
+
 struct qn_registry {
     char *dir;
     qn_backend *be;
@@ -67,6 +81,8 @@ struct qn_registry {
     pthread_mutex_t scan_mu;   /* one scan at a time; guards files */
     reg_file *files;           /* sorted by (name, version) */
     size_t nfiles;
+    reg_conf *confs;           /* sorted by name; guarded by scan_mu */
+    size_t nconfs;
 
     pthread_rwlock_t lock;     /* guards served */
     served_table *served;
@@ -310,6 +326,140 @@ static int kept(const file_vec *found, const reg_file *old)
     return 0;
 }
 
+/* ---- version policy (model_config.h) */
+
+static int conf_cmp(const void *a, const void *b)
+{
+    return strcmp(((const reg_conf *)a)->name, ((const reg_conf *)b)->name);
+}
+
+/* The policy record of name, created (default policy) when there is none.
+ * NULL only when out of memory. The pointer lives until the next call. */
+static reg_conf *conf_get(qn_registry *r, const char *name)
+{
+    reg_conf key;
+    snprintf(key.name, sizeof key.name, "%s", name);
+    reg_conf *c = r->nconfs ? bsearch(&key, r->confs, r->nconfs, sizeof *r->confs, conf_cmp) : NULL;
+    if (c) return c;
+    reg_conf *nv = realloc(r->confs, (r->nconfs + 1) * sizeof *nv);
+    if (!nv) return NULL;
+    r->confs = nv;
+    memset(&nv[r->nconfs], 0, sizeof *nv);
+    memcpy(nv[r->nconfs].name, key.name, sizeof key.name);
+    r->nconfs++;
+    qsort(r->confs, r->nconfs, sizeof *r->confs, conf_cmp);
+    return bsearch(&key, r->confs, r->nconfs, sizeof *r->confs, conf_cmp);
+}
+
+/* The version policy of name for this scan: REPO/<name>/config.json, read
+ * again only when its identity changed. No file: the default (every version).
+ * A file that cannot be parsed is logged with its reason, once per change
+ * of the file, and the policy in effect stays. */
+static const qn_version_policy *policy_for(qn_registry *r, const char *name)
+{
+    static const qn_version_policy all = {.kind = QN_VERSION_POLICY_ALL};
+    reg_conf *c = conf_get(r, name);
+    if (!c) return &all;
+    char path[4096], desc[256], err[512];
+    snprintf(path, sizeof path, "%s/%s/" CONFIG_FILE, r->dir, name);
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        if (gone(errno) && c->present) {
+            QN_LOGI(MODULE, "%s: %s removed: version policy all (the default)", name, path);
+            qn_version_policy_free(&c->pol);
+            c->present = 0;
+        }
+        return &c->pol; /* could not look (say EACCES): keep what we had */
+    }
+    reg_id id = {st.st_dev, st.st_ino, st.st_size,
+                 (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec};
+    if (c->present && id_eq(&c->id, &id)) return &c->pol;
+    c->present = 1;
+    c->id = id;
+    qn_version_policy p;
+    int rc = qn_model_config_load(path, name, &p, err, sizeof err);
+    if (rc == QN_ENOTFOUND) { /* gone between stat and open: next scan */
+        c->present = 0;
+        return &c->pol;
+    }
+    if (rc) {
+        qn_version_policy_describe(&c->pol, desc, sizeof desc);
+        QN_LOGW(MODULE, "%s: %s is not a valid model config: %s; keeping the version policy %s%s", name,
+                path, rc == QN_ENOMEM ? "out of memory" : err, desc,
+                c->pol.kind == QN_VERSION_POLICY_ALL ? " (every version)" : "");
+        return &c->pol;
+    }
+    qn_version_policy_describe(&p, desc, sizeof desc);
+    if (!qn_version_policy_equal(&p, &c->pol)) QN_LOGI(MODULE, "%s: version policy %s (%s)", name, desc, path);
+    qn_version_policy_free(&c->pol);
+    c->pol = p;
+    return &c->pol;
+}
+
+/* Gives nf its model: the one already loaded from the same file, a fresh
+ * load, or (the file changed and fails) the previous load. */
+static void resolve(qn_registry *r, reg_file *nf, int *changes)
+{
+    reg_file *old = files_find(r->files, r->nfiles, nf->name, nf->version);
+    if (old && id_eq(&old->id, &nf->id)) {
+        nf->model = old->model ? qn_model_ref(old->model) : NULL;
+    } else if ((nf->model = load_one(r, nf))) {
+        (*changes)++;
+        if (old && old->model) QN_LOGI(MODULE, "%s v%lld: replaced", nf->name, (long long)nf->version);
+    } else if (old && old->model) {
+        /* A broken replacement (say, a copy still in progress) does not
+         * take the version down: the previous load keeps serving until a
+         * good file replaces it or it is removed. */
+        QN_LOGW(MODULE, "%s v%lld: keeping the previously loaded file", nf->name, (long long)nf->version);
+        nf->model = qn_model_ref(old->model);
+    }
+}
+
+/* Adds to next the versions of one model (e[0..n), ascending) that its
+ * policy selects, each with its model. "latest N" walks down from the
+ * highest and stops after N versions that loaded, so a newest version that
+ * fails does not take a slot (the one below keeps serving) and versions
+ * below the N are never loaded. */
+static int scan_model(qn_registry *r, const reg_file *e, size_t n, const qn_version_policy *pol,
+                      file_vec *next, int *changes)
+{
+    int64_t got = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t k = pol->kind == QN_VERSION_POLICY_LATEST ? n - 1 - i : i;
+        if (pol->kind == QN_VERSION_POLICY_LATEST && got >= pol->num_versions) break;
+        reg_file nf = e[k];
+        if (nf.keep || !qn_version_policy_lists(pol, nf.version)) continue;
+        resolve(r, &nf, changes);
+        got += nf.model != NULL;
+        int rc = vec_push(next, &nf);
+        if (rc) {
+            qn_model_unref(&nf.model);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* A new latest version that takes or gives another width breaks every
+ * unpinned client of the old one (shape_mismatch): say so, with the fix. */
+static void warn_width_changes(const qn_registry *r, const served_table *old_t, const served_table *new_t)
+{
+    for (size_t i = 0; old_t && i < new_t->n; i++) {
+        const served_model *nm = &new_t->m[i];
+        const served_model *om = served_find(old_t, nm->name);
+        if (!om) continue;
+        const qn_model *o = om->models[om->n - 1], *m = nm->models[nm->n - 1];
+        if (o->version == m->version || (o->in_dim == m->in_dim && o->out_dim == m->out_dim)) continue;
+        QN_LOGW(MODULE,
+                "%s: the latest version is now v%lld (%lld -> %lld), v%lld was %lld -> %lld: unpinned jobs "
+                "shaped for v%lld now get shape_mismatch; pin \"version\": %lld, or set a version policy "
+                "in %s/%s/" CONFIG_FILE " (schemas/model.md)",
+                nm->name, (long long)m->version, (long long)m->in_dim, (long long)m->out_dim,
+                (long long)o->version, (long long)o->in_dim, (long long)o->out_dim, (long long)o->version,
+                (long long)o->version, r->dir, nm->name);
+    }
+}
+
 int qn_registry_scan(qn_registry *r)
 {
     file_vec found = {0}, next = {0};
@@ -322,29 +472,16 @@ int qn_registry_scan(qn_registry *r)
     /* next: the new file table, holding its own reference to every model in
      * it. The old table is left intact until the new one is complete, so a
      * failure part way (out of memory) just drops next. */
-    for (size_t i = 0; i < found.n; i++) {
-        reg_file nf = found.v[i];
-        if (nf.keep) continue;
-        reg_file *old = files_find(r->files, r->nfiles, nf.name, nf.version);
-        if (old && id_eq(&old->id, &nf.id)) {
-            nf.model = old->model ? qn_model_ref(old->model) : NULL;
-        } else if ((nf.model = load_one(r, &nf))) {
-            changes++;
-            if (old && old->model)
-                QN_LOGI(MODULE, "%s v%lld: replaced", nf.name, (long long)nf.version);
-        } else if (old && old->model) {
-            /* A broken replacement (say, a copy still in progress) does not
-             * take the version down: the previous load keeps serving until a
-             * good file replaces it or it is removed. */
-            QN_LOGW(MODULE, "%s v%lld: keeping the previously loaded file", nf.name,
-                    (long long)nf.version);
-            nf.model = qn_model_ref(old->model);
-        }
-        if ((rc = vec_push(&next, &nf)) != 0) {
-            qn_model_unref(&nf.model);
-            goto fail;
-        }
+    for (size_t i = 0; i < found.n;) {
+        size_t j = i;
+        while (j < found.n && strcmp(found.v[j].name, found.v[i].name) == 0) j++;
+        const qn_version_policy *pol = policy_for(r, found.v[i].name);
+        if ((rc = scan_model(r, &found.v[i], j - i, pol, &next, &changes)) != 0) goto fail;
+        i = j;
     }
+    /* sorted again ("latest N" adds a model's versions top down): the
+     * lookups below bsearch it */
+    if (next.n) qsort(next.v, next.n, sizeof *next.v, file_cmp);
     /* Old entries not listed this time: carried over when their directory
      * could not be read (a transient error must not unload a model), removed
      * otherwise. */
@@ -360,7 +497,11 @@ int qn_registry_scan(qn_registry *r)
                 goto fail;
             }
         } else if (old->model) {
-            QN_LOGI(MODULE, "%s v%lld: removed", old->name, (long long)old->version);
+            if (files_find(found.v, found.n, old->name, old->version))
+                QN_LOGI(MODULE, "%s v%lld: unloaded, outside the model's version policy", old->name,
+                        (long long)old->version);
+            else
+                QN_LOGI(MODULE, "%s v%lld: removed", old->name, (long long)old->version);
             changes++;
         }
     }
@@ -369,6 +510,7 @@ int qn_registry_scan(qn_registry *r)
     if (changes) {
         rc = QN_ENOMEM;
         if (!(table = served_build(next.v, next.n))) goto fail;
+        warn_width_changes(r, r->served, table);
         pthread_rwlock_wrlock(&r->lock);
         served_table *old_table = r->served;
         r->served = table;
@@ -547,6 +689,8 @@ void qn_registry_close(qn_registry **pr)
     served_free(r->served);
     for (size_t i = 0; i < r->nfiles; i++) qn_model_unref(&r->files[i].model);
     free(r->files);
+    for (size_t i = 0; i < r->nconfs; i++) qn_version_policy_free(&r->confs[i].pol);
+    free(r->confs);
     pthread_cond_destroy(&r->wcond);
     pthread_rwlock_destroy(&r->lock);
     pthread_mutex_destroy(&r->wmu);

@@ -1,8 +1,13 @@
 /* registry.h: the model repository (Triton's layout:
  * REPO/<name>/<version>/model.safetensors) and the versions loaded from it.
  *
- * Every valid version present is loaded and prepared for the backend; an
- * unpinned lookup gets the highest loaded version. A watcher thread rescans
+ * Every valid version present that the model's version policy selects is
+ * loaded and prepared for the backend (REPO/<name>/config.json, Triton's
+ * all / latest N / specific; default all; schemas/model.md); an unpinned
+ * lookup gets the highest loaded version, a pinned one outside the policy
+ * QN_ENOVERSION. A config that does not parse is logged with its reason and
+ * the policy in effect stays; a new latest version with another input or
+ * output width is logged as a warning. A watcher thread rescans
  * the repository (polling, default every 500 ms: new, replaced and removed
  * versions are picked up well within the contract's 2 s). A version that fails
  * to load is logged with its reason once and skipped until its file changes;

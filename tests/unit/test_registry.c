@@ -166,6 +166,56 @@ static int log_capture_count(const char *needle)
     return n;
 }
 
+/* A model of in -> out columns (put_model's, with another input width). */
+static void put_model_in(const char *repo, const char *name, int64_t version, int in, int out, float mark)
+{
+    char ver[32];
+    snprintf(ver, sizeof ver, "%lld", (long long)version);
+    float w[16 * 16] = {0};
+    w[0] = mark;
+    qn_st_tensor t = {.name = "w", .dtype = QN_DTYPE_F32, .ndim = 2, .shape = {out, in},
+                      .data = w, .nbytes = (size_t)out * (size_t)in * sizeof(float)};
+    const char *meta[] = {"format", "quern.mlp.v1", "layers",
+                          "[{\"type\":\"dense\",\"weight\":\"w\",\"bias\":null,\"activation\":\"none\"}]"};
+    char err[256];
+    CHECK_EQ_INT(qn_st_write(model_path(repo, name, ver), &t, 1, meta, 2, err, sizeof err), 0);
+}
+
+/* Writes REPO/name/config.json through a rename, as an editor or a deploy
+ * does (a new file each time, so the registry sees the change at once). */
+static void put_config(const char *repo, const char *name, const char *text)
+{
+    char tmp[4200], path[4200];
+    snprintf(tmp, sizeof tmp, "%s/%s/.config.json.tmp", repo, name);
+    snprintf(path, sizeof path, "%s/%s/config.json", repo, name);
+    FILE *f = fopen(tmp, "w");
+    CHECK(f != NULL);
+    if (!f) return;
+    fputs(text, f);
+    fclose(f);
+    CHECK_EQ_INT(rename(tmp, path), 0);
+}
+
+static void rm_config(const char *repo, const char *name)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s/config.json", repo, name);
+    CHECK_EQ_INT(unlink(path), 0);
+}
+
+/* Which versions of name are served, as "1,3," */
+static void served_versions(qn_registry *r, const char *name, char *buf, size_t n)
+{
+    buf[0] = 0;
+    for (int64_t v = 1; v <= 12; v++) {
+        qn_model *m = NULL;
+        if (qn_registry_get(r, name, v, &m) == 0) {
+            snprintf(buf + strlen(buf), n - strlen(buf), "%lld,", (long long)v);
+            qn_model_unref(&m);
+        }
+    }
+}
+
 /* ---- tests */
 
 TEST(names_valid)
@@ -639,6 +689,148 @@ TEST(lookup_cost)
     free(repo);
 }
 
+/* Triton's version policy per model (issue 9 item 9), from
+ * REPO/<name>/config.json, picked up on rescan; versions outside it are not
+ * loaded at all, and pinned jobs for them get unknown_version. */
+TEST(version_policy)
+{
+    fake_reset();
+    char *repo = repo_new("reg_policy");
+    char got[128];
+    for (int v = 1; v <= 3; v++) put_model(repo, "a", v, 2, (float)v);
+    put_model(repo, "b", 1, 2, 1.0f); /* no config: every version, as before */
+    put_config(repo, "a", "{\"version_policy\": {\"latest\": {\"num_versions\": 2}}}");
+    qn_registry *r;
+    CHECK_EQ_INT(qn_registry_open(repo, &g_be, &r), 0);
+    if (!r) return;
+    served_versions(r, "a", got, sizeof got);
+    CHECK_STR(got, "2,3,");
+    CHECK_EQ_INT(latest(r, "a"), 3);
+    CHECK_EQ_INT(atomic_load(&g_fake.prepares), 3); /* a v1 was never loaded */
+    qn_model *m = NULL;
+    CHECK_EQ_INT(qn_registry_get(r, "a", 1, &m), QN_ENOVERSION);
+    CHECK_EQ_INT(latest(r, "b"), 1);
+
+    /* a new version under "latest 2": the oldest of the two goes */
+    put_model(repo, "a", 4, 2, 4.0f);
+    CHECK_EQ_INT(qn_registry_scan(r), 2); /* v4 loaded, v2 unloaded */
+    served_versions(r, "a", got, sizeof got);
+    CHECK_STR(got, "3,4,");
+    CHECK_EQ_INT(alive(), 3 + 0); /* a v3, a v4, b v1 */
+
+    /* a newest version that fails to load takes no slot */
+    put_garbage(repo, "a", "5", "not a model");
+    log_capture_begin();
+    CHECK_EQ_INT(qn_registry_scan(r), 0);
+    CHECK_EQ_INT(log_capture_count("a v5: skipped"), 1);
+    served_versions(r, "a", got, sizeof got);
+    CHECK_STR(got, "3,4,");
+    CHECK_EQ_INT(latest(r, "a"), 4);
+
+    /* specific versions: exactly those present; the highest of them serves
+     * unpinned jobs even with higher versions on disk */
+    put_config(repo, "a", "{\"name\": \"a\", \"version_policy\": {\"specific\": {\"versions\": [1, 3, 9]}}}");
+    CHECK(qn_registry_scan(r) > 0);
+    served_versions(r, "a", got, sizeof got);
+    CHECK_STR(got, "1,3,");
+    CHECK_EQ_INT(latest(r, "a"), 3);
+    CHECK(mark_of(r, "a", 1) == 1.0f);
+
+    /* malformed configs: logged with the reason, once per file, and the
+     * policy in effect stays */
+    const char *bad[] = {
+        "{\"version_policy\": {\"latest\": {\"num_versions\": 0}}}",
+        "{\"version_policy\": {\"latest\": {}, \"all\": {}}}",
+        "{\"version_polcy\": {\"all\": {}}}",
+        "{\"version_policy\": {\"specific\": {\"versions\": []}}}",
+        "{\"version_policy\": {\"newest\": {}}}",
+        "{\"name\": \"not-a\"}",
+        "{\"version_policy\": {\"latest\": {\"num_versions\": 1}},",
+    };
+    const char *why[] = {"num_versions\" must be an integer >= 1", "exactly one of", "unknown key \"version_polcy\"",
+                         "non-empty array", "unknown version policy \"newest\"", "\"name\" must be",
+                         "not valid JSON"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        put_config(repo, "a", bad[i]);
+        log_capture_begin();
+        CHECK_EQ_INT(qn_registry_scan(r), 0);
+        CHECK_EQ_INT(qn_registry_scan(r), 0);
+        int n_logged = log_capture_count("keeping the version policy specific [1, 3, 9]");
+        int n_why = log_capture_count(why[i]);
+        CHECK_EQ_INT(n_logged, 1);
+        CHECK_EQ_INT(n_why, 1);
+        if (n_logged != 1 || n_why != 1) fprintf(stderr, "  config: %s\n", bad[i]);
+        served_versions(r, "a", got, sizeof got);
+        CHECK_STR(got, "1,3,");
+    }
+
+    /* all, written out */
+    put_config(repo, "a", "{\"version_policy\": {\"all\": {}}}");
+    CHECK(qn_registry_scan(r) > 0);
+    served_versions(r, "a", got, sizeof got);
+    CHECK_STR(got, "1,2,3,4,");
+    /* latest 1, then the file removed: back to the default (every version) */
+    put_config(repo, "a", "{\"version_policy\": {\"latest\": {\"num_versions\": 1}}}");
+    CHECK(qn_registry_scan(r) > 0);
+    served_versions(r, "a", got, sizeof got);
+    CHECK_STR(got, "4,");
+    rm_config(repo, "a");
+    CHECK(qn_registry_scan(r) > 0);
+    served_versions(r, "a", got, sizeof got);
+    CHECK_STR(got, "1,2,3,4,");
+    CHECK_EQ_INT(latest(r, "a"), 4);
+    /* a malformed first config keeps the default */
+    put_model(repo, "c", 1, 2, 1.0f);
+    put_model(repo, "c", 2, 2, 2.0f);
+    put_config(repo, "c", "[1, 2]");
+    log_capture_begin();
+    CHECK(qn_registry_scan(r) > 0);
+    CHECK_EQ_INT(log_capture_count("keeping the version policy all"), 1);
+    served_versions(r, "c", got, sizeof got);
+    CHECK_STR(got, "1,2,");
+    qn_registry_close(&r);
+    CHECK_EQ_INT(alive(), 0);
+    rm_rf(repo);
+    free(repo);
+}
+
+/* A new latest version with another input or output width is a warning:
+ * every unpinned client shaped for the old one now gets shape_mismatch. */
+TEST(width_change_warned)
+{
+    fake_reset();
+    char *repo = repo_new("reg_width");
+    put_model_in(repo, "a", 1, 4, 2, 1.0f);
+    qn_registry *r;
+    CHECK_EQ_INT(qn_registry_open(repo, &g_be, &r), 0);
+    if (!r) return;
+    put_model_in(repo, "a", 2, 4, 2, 2.0f); /* same widths: quiet */
+    log_capture_begin();
+    CHECK_EQ_INT(qn_registry_scan(r), 1);
+    CHECK_EQ_INT(log_capture_count("the latest version is now"), 0);
+    put_model_in(repo, "a", 3, 8, 2, 3.0f); /* input width */
+    log_capture_begin();
+    CHECK_EQ_INT(qn_registry_scan(r), 1);
+    CHECK_EQ_INT(log_capture_count("a: the latest version is now v3 (8 -> 2), v2 was 4 -> 2"), 1);
+    put_model_in(repo, "a", 4, 8, 5, 4.0f); /* output width */
+    log_capture_begin();
+    CHECK_EQ_INT(qn_registry_scan(r), 1);
+    CHECK_EQ_INT(log_capture_count("a: the latest version is now v4 (8 -> 5), v3 was 8 -> 2"), 1);
+    /* a policy that keeps the old width serving: no warning, v2 is latest */
+    put_model_in(repo, "a", 5, 16, 5, 5.0f);
+    put_config(repo, "a", "{\"version_policy\": {\"specific\": {\"versions\": [1, 2]}}}");
+    log_capture_begin();
+    CHECK(qn_registry_scan(r) > 0);
+    int warned = log_capture_count("the latest version is now");
+    CHECK_EQ_INT(latest(r, "a"), 2);
+    /* v4 (8 -> 5) gave way to v2 (4 -> 2): that is a width change too */
+    CHECK_EQ_INT(warned, 1);
+    qn_registry_close(&r);
+    CHECK_EQ_INT(alive(), 0);
+    rm_rf(repo);
+    free(repo);
+}
+
 /* Without a backend (tools that only inspect), models load unprepared. */
 TEST(no_backend)
 {
@@ -673,5 +865,7 @@ int main(void)
     RUN(concurrent_lookups);
     RUN(lookup_cost);
     RUN(no_backend);
+    RUN(version_policy);
+    RUN(width_change_warned);
     return qn_test_done();
 }
