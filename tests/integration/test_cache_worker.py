@@ -27,8 +27,9 @@ def tmpdir(tag):
 
 
 def call_until_cached(c, job, timeout=2.0):
-    """The first call computes; entries land at the next flush (per batch or
-    10 ms tick), so a repeat may need a moment."""
+    """The first call computes; a repeat is a hit at once (read-your-writes,
+    test_read_your_writes checks that strictly); this tolerates a moment for
+    the cases here that are about something else."""
     t0 = time.time()
     while True:
         res = c.call(job)
