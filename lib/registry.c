@@ -378,7 +378,9 @@ static const qn_version_policy *policy_for(qn_registry *r, const char *name)
     c->id = id;
     qn_version_policy p;
     int rc = qn_model_config_load(path, name, &p, err, sizeof err);
-    if (rc == QN_ENOTFOUND) { /* gone between stat and open: next scan */
+    if (rc == QN_ENOTFOUND) { /* removed between stat and open */
+        QN_LOGI(MODULE, "%s: %s removed: version policy all (the default)", name, path);
+        qn_version_policy_free(&c->pol);
         c->present = 0;
         return &c->pol;
     }
@@ -450,13 +452,18 @@ static void warn_width_changes(const qn_registry *r, const served_table *old_t, 
         if (!om) continue;
         const qn_model *o = om->models[om->n - 1], *m = nm->models[nm->n - 1];
         if (o->version == m->version || (o->in_dim == m->in_dim && o->out_dim == m->out_dim)) continue;
+        int still = 0; /* is the old latest still served (pinned)? */
+        for (size_t k = 0; k < nm->n; k++) still |= nm->versions[k] == o->version;
+        char fix[64];
+        if (still) snprintf(fix, sizeof fix, "pin \"version\": %lld, or ", (long long)o->version);
+        else snprintf(fix, sizeof fix, "v%lld is no longer loaded; ", (long long)o->version);
         QN_LOGW(MODULE,
                 "%s: the latest version is now v%lld (%lld -> %lld), v%lld was %lld -> %lld: unpinned jobs "
-                "shaped for v%lld now get shape_mismatch; pin \"version\": %lld, or set a version policy "
-                "in %s/%s/" CONFIG_FILE " (schemas/model.md)",
+                "shaped for v%lld now get shape_mismatch; %sset a version policy in %s/%s/" CONFIG_FILE
+                " (schemas/model.md)",
                 nm->name, (long long)m->version, (long long)m->in_dim, (long long)m->out_dim,
-                (long long)o->version, (long long)o->in_dim, (long long)o->out_dim, (long long)o->version,
-                (long long)o->version, r->dir, nm->name);
+                (long long)o->version, (long long)o->in_dim, (long long)o->out_dim, (long long)o->version, fix,
+                r->dir, nm->name);
     }
 }
 

@@ -811,7 +811,9 @@ TEST(width_change_warned)
     put_model_in(repo, "a", 3, 8, 2, 3.0f); /* input width */
     log_capture_begin();
     CHECK_EQ_INT(qn_registry_scan(r), 1);
-    CHECK_EQ_INT(log_capture_count("a: the latest version is now v3 (8 -> 2), v2 was 4 -> 2"), 1);
+    CHECK_EQ_INT(log_capture_count("a: the latest version is now v3 (8 -> 2), v2 was 4 -> 2: unpinned jobs "
+                                   "shaped for v2 now get shape_mismatch; pin \"version\": 2, or set a "
+                                   "version policy in"), 1);
     put_model_in(repo, "a", 4, 8, 5, 4.0f); /* output width */
     log_capture_begin();
     CHECK_EQ_INT(qn_registry_scan(r), 1);
@@ -821,7 +823,8 @@ TEST(width_change_warned)
     put_config(repo, "a", "{\"version_policy\": {\"specific\": {\"versions\": [1, 2]}}}");
     log_capture_begin();
     CHECK(qn_registry_scan(r) > 0);
-    int warned = log_capture_count("the latest version is now");
+    int warned = log_capture_count("a: the latest version is now v2 (4 -> 2), v4 was 8 -> 5: unpinned jobs "
+                                   "shaped for v4 now get shape_mismatch; v4 is no longer loaded; set a");
     CHECK_EQ_INT(latest(r, "a"), 2);
     /* v4 (8 -> 5) gave way to v2 (4 -> 2): that is a width change too */
     CHECK_EQ_INT(warned, 1);
