@@ -149,6 +149,8 @@ int qn_batcher_push(qn_batcher *b, qn_job *job)
     int rc = 0;
     pthread_mutex_lock(&b->mu);
     if (b->closed) { rc = QN_ECLOSED; goto out; }
+    /* Never fits, whatever is queued: a different answer from "full now". */
+    if (job->rows > b->o.queue_limit_rows) { rc = QN_ETOOLARGE; goto out; }
     if (b->queued_rows + job->rows > b->o.queue_limit_rows) { rc = QN_EFULL; goto out; }
     bqueue *q = queue_for(b, job->served_by);
     if (!q) { rc = QN_ENOMEM; goto out; }
@@ -277,6 +279,50 @@ static int pop(qn_batcher *b, qn_batch *batch, int block)
 
 int qn_batcher_pop(qn_batcher *b, qn_batch *batch) { return pop(b, batch, 1); }
 int qn_batcher_try_pop(qn_batcher *b, qn_batch *batch) { return pop(b, batch, 0); }
+
+int qn_batcher_remove_if(qn_batcher *b, qn_job_match_fn match, void *ud, qn_job ***jobs,
+                         int *njobs)
+{
+    *jobs = NULL;
+    *njobs = 0;
+    pthread_mutex_lock(&b->mu);
+    /* Count first, so the one allocation happens before anything moves and
+     * a failed allocation leaves the queues as they were. */
+    int n = 0;
+    for (int i = 0; i < b->nq; i++)
+        for (int k = 0; b->q[i].model && k < b->q[i].n; k++) n += match(b->q[i].heap[k].job, ud) != 0;
+    qn_job **out = NULL;
+    if (n > 0 && !(out = malloc((size_t)n * sizeof *out))) {
+        pthread_mutex_unlock(&b->mu);
+        return QN_ENOMEM;
+    }
+    int got = 0;
+    for (int i = 0; i < b->nq && got < n; i++) {
+        bqueue *q = &b->q[i];
+        if (!q->model) continue;
+        int w = 0;
+        for (int k = 0; k < q->n; k++) {
+            qn_job *j = q->heap[k].job;
+            if (got < n && match(j, ud)) {
+                out[got++] = j;
+                q->rows -= j->rows;
+                b->queued_rows -= j->rows;
+            } else {
+                q->heap[w++] = q->heap[k];
+            }
+        }
+        if (w == q->n) continue;
+        /* Filtering keeps no heap order: rebuild it (Floyd, O(n)). */
+        q->n = w;
+        for (int k = w / 2 - 1; k >= 0; k--) heap_down(q->heap, w, k);
+        if (w == 0) q->model = NULL;
+    }
+    QN_ASSERT(got == n);
+    pthread_mutex_unlock(&b->mu);
+    *jobs = out;
+    *njobs = n;
+    return 0;
+}
 
 void qn_batcher_close(qn_batcher *b)
 {

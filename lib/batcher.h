@@ -49,9 +49,22 @@ void qn_batcher_destroy(qn_batcher **b);
 
 /* Queues job (job->served_by must be set; job->t_arrival_ns is set here).
  * 0: the batcher owns the job until it comes out of pop. QN_EFULL: the queue
- * limit would be passed (a job larger than the whole limit is refused the same
- * way); QN_ECLOSED: closing. On error the caller keeps the job. */
+ * limit would be passed now (retrying later can succeed); QN_ETOOLARGE: the
+ * job has more rows than the whole queue limit, so it can never be queued;
+ * QN_ECLOSED: closing. On error the caller keeps the job. */
 int qn_batcher_push(qn_batcher *b, qn_job *job);
+
+/* Says whether a queued job is to be removed (qn_batcher_remove_if). Runs
+ * under the batcher's lock: look at the job, nothing else. */
+typedef int (*qn_job_match_fn)(const qn_job *job, void *ud);
+
+/* Removes every queued job for which match(job, ud) is non-zero (jobs
+ * already popped into a batch are not touched) and hands them to the caller:
+ * *jobs is set to a malloc'd array of *njobs jobs (NULL when none), which the
+ * caller frees after answering each job. Works on a closed batcher too.
+ * 0, or QN_ENOMEM (nothing removed). */
+int qn_batcher_remove_if(qn_batcher *b, qn_job_match_fn match, void *ud, qn_job ***jobs,
+                         int *njobs);
 
 /* Blocks until a batch is ready and fills *batch (reusing its arrays; init
  * it zeroed once, free with qn_batch_free). Returns 0 with at least one job

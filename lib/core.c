@@ -141,7 +141,13 @@ static void enqueue(qn_core *c, qn_job *job)
     int rc = qn_batcher_push(c->batcher, job);
     if (rc == 0) return;
     atomic_fetch_sub(&c->inflight, 1);
-    if (rc == QN_EFULL) {
+    if (rc == QN_ETOOLARGE) {
+        /* Retrying can never succeed: not "overloaded" but too large. */
+        snprintf(msg, sizeof msg, "job has %lld rows, more than the worker's queue limit of %lld "
+                 "rows (--queue-limit); split it into smaller jobs", (long long)job->rows,
+                 (long long)qn_batcher_queue_limit(c->batcher));
+        qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_TOO_LARGE, msg);
+    } else if (rc == QN_EFULL) {
         snprintf(msg, sizeof msg, "queue full: %lld rows queued, limit %lld",
                  (long long)qn_batcher_queued_rows(c->batcher),
                  (long long)qn_batcher_queue_limit(c->batcher));
@@ -226,7 +232,7 @@ static void admit(qn_core *c, qn_core_local *l, qn_job *job)
         /* Staged for the end of the receive burst, where qn_core_local_flush
          * answers cache hits and decides between this thread and the
          * executors for the rest. A job larger than the whole queue limit
-         * goes to the batcher, which refuses it. */
+         * goes to the batcher, which refuses it (too_large). */
         stage(c, l, job);
         return;
     }
@@ -271,6 +277,21 @@ static void submit_bytes(qn_core *c, qn_core_local *l, const void *buf, size_t l
     job->origin = *origin;
     qn_core_reply_error(job, QN_STATUS_ERROR, err.code ? err.code : QN_CODE_BAD_MESSAGE,
                         err.message[0] ? err.message : "undecodable message");
+}
+
+int64_t qn_core_cancel(qn_core *c, qn_job_match_fn match, void *ud, qn_status status, qn_code code,
+                       const char *message)
+{
+    qn_job **jobs = NULL;
+    int n = 0;
+    int rc = qn_batcher_remove_if(c->batcher, match, ud, &jobs, &n);
+    if (rc) return rc;
+    for (int i = 0; i < n; i++) {
+        qn_core_reply_error(jobs[i], status, code, message);
+        atomic_fetch_sub(&c->inflight, 1);
+    }
+    free(jobs);
+    return n;
 }
 
 int64_t qn_core_inflight(qn_core *c) { return atomic_load(&c->inflight); }

@@ -89,6 +89,18 @@ void qn_core_submit(qn_core *c, qn_job *job);
  * reference). For transports that must refuse a job themselves. */
 void qn_core_reply_error(qn_job *job, qn_status status, qn_code code, const char *message);
 
+/* Answers and drops every job still waiting in the batcher (not in a running
+ * batch, not staged on a qn_core_local) for which match(job, ud) is non-zero
+ * (match runs under the batcher's lock: look at the job only, typically at
+ * job->origin). Each gets one final result with status, code and message
+ * through its origin.complete, on the calling thread, before this returns.
+ * For a transport whose client went away (its queued work must not delay
+ * anyone else) or that has to stop within a deadline. Works after
+ * qn_core_stop began too. Returns how many jobs were dropped, or QN_ENOMEM
+ * (none were). */
+int64_t qn_core_cancel(qn_core *c, qn_job_match_fn match, void *ud, qn_status status, qn_code code,
+                       const char *message);
+
 /* Jobs admitted and not yet answered. */
 int64_t qn_core_inflight(qn_core *c);
 /* Rows queued for execution, and the limit past which jobs are rejected. */

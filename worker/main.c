@@ -53,6 +53,7 @@ typedef struct worker_opts {
     int drain_timeout_ms;
     int blas_threads;
     qn_core_opts core;
+    qn_zmq_opts zmq;
 } worker_opts;
 
 static void usage(FILE *f)
@@ -62,6 +63,8 @@ static void usage(FILE *f)
         "\n"
         "transports (at least one):\n"
         "  --zmq-bind ENDPOINT      bind a ZeroMQ ROUTER (REQ and DEALER clients), e.g. tcp://*:5555\n"
+        "  --zmq-client-inflight N  jobs one ZeroMQ client may have in flight; past it rejected (default %d)\n"
+        "  --zmq-sndhwm N           replies queued to a ZeroMQ client that does not read; past it dropped (default %d)\n"
         "  --kafka-brokers LIST     consume jobs from Kafka ('mock' starts an embedded cluster)\n"
         "  --broker ENDPOINT        serve through a quern-broker (MDP worker per model)\n"
         "kafka:\n"
@@ -87,6 +90,7 @@ static void usage(FILE *f)
         "  --poll-ms N              model repository rescan interval (default 500)\n"
         "  --drain-timeout-ms N     longest shutdown waits for in-flight jobs (default 30000)\n"
         "  -h, --help               this text\n",
+        QN_ZMQ_DEFAULT_CLIENT_INFLIGHT, QN_ZMQ_DEFAULT_SNDHWM,
         QN_BATCHER_DEFAULT_MAX_BATCH, QN_BATCHER_DEFAULT_MAX_DELAY_US,
         QN_BATCHER_DEFAULT_QUEUE_LIMIT, QN_DEFAULT_MAX_MESSAGE, QN_CORE_DEFAULT_DIRECT_MAX_FLOPS,
         QN_CORE_DEFAULT_DIRECT_IDLE_ROWS);
@@ -108,6 +112,7 @@ enum {
     OPT_REPO = 256, OPT_ZMQ, OPT_KBROKERS, OPT_KTOPIC, OPT_KGROUP, OPT_REPLY, OPT_DLQ,
     OPT_MAXBATCH, OPT_MAXDELAY, OPT_QLIMIT, OPT_CACHEDIR, OPT_CACHESIZE, OPT_THREADS,
     OPT_DEVICE, OPT_BROKER, OPT_MAXMSG, OPT_POLL, OPT_DRAIN, OPT_DIRECT, OPT_BLAS, OPT_IDLE,
+    OPT_ZCLIENT, OPT_ZHWM,
 };
 
 /* Returns 0, or 2 for a usage error (message printed). */
@@ -135,11 +140,14 @@ static int parse_args(int argc, char **argv, worker_opts *o)
         {"direct-max-flops", required_argument, 0, OPT_DIRECT},
         {"blas-threads", required_argument, 0, OPT_BLAS},
         {"direct-idle-rows", required_argument, 0, OPT_IDLE},
+        {"zmq-client-inflight", required_argument, 0, OPT_ZCLIENT},
+        {"zmq-sndhwm", required_argument, 0, OPT_ZHWM},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     memset(o, 0, sizeof *o);
     qn_core_opts_default(&o->core);
+    qn_zmq_opts_default(&o->zmq);
     o->kafka_topic = "quern.jobs";
     o->kafka_group = "quern";
     o->reply_topic = "quern.results";
@@ -219,6 +227,14 @@ static int parse_args(int argc, char **argv, worker_opts *o)
             if (parse_long("--direct-idle-rows", optarg, 0, 1L << 20, &v)) return 2;
             o->core.direct_idle_rows = v;
             break;
+        case OPT_ZCLIENT:
+            if (parse_long("--zmq-client-inflight", optarg, 1, 1L << 24, &v)) return 2;
+            o->zmq.client_inflight = (int)v;
+            break;
+        case OPT_ZHWM:
+            if (parse_long("--zmq-sndhwm", optarg, 1, 1L << 24, &v)) return 2;
+            o->zmq.sndhwm = (int)v;
+            break;
         case OPT_BLAS:
             if (parse_long("--blas-threads", optarg, 1, 256, &v)) return 2;
             o->blas_threads = (int)v;
@@ -263,9 +279,9 @@ static int refuse_unbuilt(const worker_opts *o)
     return 0;
 }
 
-static int drain(qn_transport *ts, int nt, int timeout_ms)
+/* Waits until nothing is in flight or the clock passes end. */
+static int drain(qn_transport *ts, int nt, uint64_t end, int timeout_ms)
 {
-    uint64_t end = qn_now_ns() + (uint64_t)timeout_ms * 1000000u;
     for (;;) {
         int64_t left = 0;
         for (int i = 0; i < nt; i++) left += ts[i].iface->inflight(ts[i].self);
@@ -368,7 +384,8 @@ int main(int argc, char **argv)
     }
     zctx = zmq_ctx_new();
     if (o.zmq_bind) {
-        if (qn_zmq_transport_create(zctx, o.zmq_bind, core, &ts[nt])) goto out;
+        o.zmq.drain_timeout_ms = o.drain_timeout_ms;
+        if (qn_zmq_transport_create(zctx, o.zmq_bind, &o.zmq, core, &ts[nt])) goto out;
         nt++;
     }
     if (o.kafka_brokers) {
@@ -392,11 +409,16 @@ int main(int argc, char **argv)
     unsigned char sig = 0;
     while (read(g_sigpipe[0], &sig, 1) < 0 && errno == EINTR) {}
     QN_LOGI("worker", "signal %d: draining", sig);
+    /* One deadline for the whole drain, taken now: the transports stop
+     * running their queued jobs by it (the ZeroMQ one answers and drops what
+     * is left), so stopping the core below cannot outlast it by more than
+     * the batches already running. */
+    uint64_t drain_end = qn_now_ns() + (uint64_t)o.drain_timeout_ms * 1000000u;
     /* Data-flow order: no new jobs; run what is queued now (no batching
      * delay) and join the executors; let the results leave; then close. */
     for (int i = 0; i < nt; i++) ts[i].iface->stop_intake(ts[i].self);
     qn_core_stop(core);
-    drain(ts, nt, o.drain_timeout_ms);
+    drain(ts, nt, drain_end, o.drain_timeout_ms);
     exit_code = 0;
 out:
     if (core) qn_core_stop(core);

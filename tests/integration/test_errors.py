@@ -87,11 +87,16 @@ def test_expired(ep):
     c.close()
 
 
-def test_rejected_when_over_queue_limit(ep):
-    # --queue-limit is 64 rows in this worker: a 65-row job can never fit.
+def test_too_large_when_over_queue_limit(ep):
+    # --queue-limit is 64 rows in this worker: a 65-row job can never fit, on
+    # an idle worker too, so retrying cannot help: too_large, not overloaded.
     c = Client(ep)
-    expect_error(c, predict_job("big", "m", np.ones((65, 8), np.float32)), "overloaded",
-                 status="rejected", want_id="big")
+    res = expect_error(c, predict_job("big", "m", np.ones((65, 8), np.float32)), "too_large",
+                       want_id="big")
+    assert "queue limit of 64 rows" in res["error"]["message"], res
+    # A job of exactly the limit is served.
+    ok = c.call(predict_job("edge", "m", np.ones((64, 8), np.float32)))
+    assert ok["status"] == "ok" and outputs(ok).shape == (64, 3), ok
     c.close()
 
 
@@ -134,7 +139,7 @@ if __name__ == "__main__":
     r = Runner()
     with Worker(repo, "--queue-limit", "64", "--max-message-bytes", "65536") as w:
         for t in (test_bad_message, test_bad_job, test_unknown_model_version_shape, test_expired,
-                  test_rejected_when_over_queue_limit, test_too_large, test_train_not_yet,
+                  test_too_large_when_over_queue_limit, test_too_large, test_train_not_yet,
                   test_garbage_storm_then_serve):
             r.run(t, w.endpoint)
         assert w.stop() == 0

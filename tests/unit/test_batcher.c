@@ -113,9 +113,59 @@ TEST(queue_limit)
     qn_batch bt = {0};
     while (qn_batcher_try_pop(b, &bt) == 0) free_batch_jobs(&bt);
     CHECK_EQ_INT(qn_batcher_queued_rows(b), 0);
-    CHECK_EQ_INT(qn_batcher_push(b, huge), QN_EFULL); /* larger than the whole limit */
+    /* Larger than the whole limit: never fits, a different answer from "full now". */
+    CHECK_EQ_INT(qn_batcher_push(b, huge), QN_ETOOLARGE);
     CHECK_EQ_INT(qn_batcher_push(b, j), 0);
     free(huge);
+    qn_batch_free(&bt);
+    drain_and_destroy(b);
+}
+
+static int match_odd(const qn_job *j, void *ud)
+{
+    (void)ud;
+    return j->id.i % 2 == 1;
+}
+
+TEST(remove_if_takes_only_queued_matches)
+{
+    qn_batcher *b = mkb(4, 0, 1000);
+    /* Two models, mixed priorities, so removal must keep each heap's order. */
+    for (int i = 0; i < 40; i++)
+        CHECK_EQ_INT(qn_batcher_push(b, mk(i % 3 ? &model_a : &model_b, 1, (i * 7) % 5, i)), 0);
+    qn_batch bt = {0};
+    CHECK_EQ_INT(qn_batcher_try_pop(b, &bt), 0); /* popped: out of reach of remove_if */
+    int popped = bt.njobs, popped_odd = 0;
+    for (int i = 0; i < bt.njobs; i++) popped_odd += (int)(bt.jobs[i]->id.i % 2);
+    free_batch_jobs(&bt);
+    qn_job **got = NULL;
+    int n = -1;
+    CHECK_EQ_INT(qn_batcher_remove_if(b, match_odd, NULL, &got, &n), 0);
+    CHECK_EQ_INT(n, 20 - popped_odd);
+    for (int i = 0; i < n; i++) {
+        CHECK_EQ_INT(got[i]->id.i % 2, 1);
+        free(got[i]);
+    }
+    free(got);
+    CHECK_EQ_INT(qn_batcher_queued_rows(b), 40 - popped - n);
+    /* What is left still comes out by priority, then arrival, within a model. */
+    int left = 0;
+    while (qn_batcher_try_pop(b, &bt) == 0) {
+        for (int i = 0; i < bt.njobs; i++) {
+            CHECK_EQ_INT(bt.jobs[i]->id.i % 2, 0);
+            if (i > 0) {
+                const qn_job *p = bt.jobs[i - 1], *j = bt.jobs[i];
+                CHECK(p->priority < j->priority || (p->priority == j->priority && p->seq < j->seq));
+            }
+        }
+        left += bt.njobs;
+        free_batch_jobs(&bt);
+    }
+    CHECK_EQ_INT(left, 40 - popped - n);
+    /* Nothing matches: no array. */
+    CHECK_EQ_INT(qn_batcher_remove_if(b, match_odd, NULL, &got, &n), 0);
+    CHECK_EQ_INT(n, 0);
+    CHECK(got == NULL);
     qn_batch_free(&bt);
     drain_and_destroy(b);
 }
@@ -251,6 +301,7 @@ int main(void)
     RUN(priority_then_arrival);
     RUN(max_batch_rows_and_big_job_alone);
     RUN(queue_limit);
+    RUN(remove_if_takes_only_queued_matches);
     RUN(models_do_not_mix);
     RUN(deadline_expires_in_queue);
     RUN(delay_waits_then_releases);

@@ -65,6 +65,7 @@ typedef struct answer {
     qn_status status;
     qn_code code;
     int64_t version, rows, cols;
+    char msg[256];
     float out[64 * OUT];
 } answer;
 
@@ -78,6 +79,7 @@ static void on_complete(qn_job *job, const qn_result *res)
     a->version = res->version;
     a->rows = res->rows;
     a->cols = res->cols;
+    snprintf(a->msg, sizeof a->msg, "%s", res->message ? res->message : "");
     if (res->status == QN_STATUS_OK && res->rows * res->cols <= 64 * OUT)
         memcpy(a->out, res->outputs, (size_t)(res->rows * res->cols) * sizeof(float));
 }
@@ -170,8 +172,10 @@ TEST(executor_path_ok_and_errors)
     CHECK_EQ_INT(a[2].code, QN_CODE_UNKNOWN_MODEL);
     CHECK_EQ_INT(a[3].code, QN_CODE_UNKNOWN_VERSION);
     CHECK_EQ_INT(a[4].code, QN_CODE_SHAPE_MISMATCH);
-    CHECK_EQ_INT(a[5].status, QN_STATUS_REJECTED);
-    CHECK_EQ_INT(a[5].code, QN_CODE_OVERLOADED);
+    /* More rows than the whole queue limit: retrying never helps, so it is
+     * too_large, not overloaded (issue 9 item 4). */
+    CHECK_EQ_INT(a[5].status, QN_STATUS_ERROR);
+    CHECK_EQ_INT(a[5].code, QN_CODE_TOO_LARGE);
     CHECK_EQ_INT(a[6].status, QN_STATUS_EXPIRED);
     CHECK_EQ_INT(a[7].code, QN_CODE_BAD_JOB);
     for (int i = 0; i < 8; i++) CHECK_EQ_INT(atomic_load(&a[i].calls), 1);
@@ -254,6 +258,64 @@ TEST(stop_answers_everything_queued)
     teardown(&f);
 }
 
+TEST(too_large_on_direct_path_names_the_limit)
+{
+    qn_core_opts o;
+    qn_core_opts_default(&o);
+    o.batch.queue_limit_rows = 64;
+    fixture f;
+    setup(&f, &o);
+    qn_core_local *l = NULL;
+    CHECK_EQ_INT(qn_core_local_create(f.core, &l), 0);
+    static answer a;
+    memset(&a, 0, sizeof a);
+    qn_core_submit_local(f.core, l, mkjob("m", 0, 65, IN, 1, &a));
+    qn_core_local_flush(f.core, l);
+    wait_calls(&a, 1);
+    CHECK_EQ_INT(atomic_load(&a.calls), 1);
+    CHECK_EQ_INT(a.status, QN_STATUS_ERROR);
+    CHECK_EQ_INT(a.code, QN_CODE_TOO_LARGE);
+    CHECK(strstr(a.msg, "65 rows") && strstr(a.msg, "queue limit of 64 rows"));
+    qn_core_local_destroy(f.core, &l);
+    teardown(&f);
+}
+
+static int match_data(const qn_job *job, void *ud) { return job->origin.data == ud; }
+
+TEST(cancel_answers_queued_matches_only)
+{
+    qn_core_opts o;
+    qn_core_opts_default(&o);
+    o.batch.max_delay_us = 10000000; /* 10 s: nothing runs before cancel or stop */
+    o.batch.max_batch_rows = 1000;
+    o.direct_max_flops = 0;
+    fixture f;
+    setup(&f, &o);
+    static answer gone, kept;
+    memset(&gone, 0, sizeof gone);
+    memset(&kept, 0, sizeof kept);
+    for (int i = 0; i < 30; i++) {
+        qn_core_submit(f.core, mkjob("m", 0, 1, IN, (float)i, &gone));
+        qn_core_submit(f.core, mkjob("m", 0, 1, IN, (float)i, &kept));
+    }
+    CHECK_EQ_INT(qn_core_inflight(f.core), 60);
+    CHECK_EQ_INT(qn_core_cancel(f.core, match_data, &gone, QN_STATUS_REJECTED, QN_CODE_OVERLOADED,
+                                "client went away"), 30);
+    CHECK_EQ_INT(atomic_load(&gone.calls), 30); /* answered before cancel returned */
+    CHECK_EQ_INT(gone.status, QN_STATUS_REJECTED);
+    CHECK_EQ_INT(atomic_load(&kept.calls), 0);
+    CHECK_EQ_INT(qn_core_inflight(f.core), 30);
+    CHECK_EQ_INT(qn_core_queued_rows(f.core), 30);
+    CHECK_EQ_INT(qn_core_cancel(f.core, match_data, &gone, QN_STATUS_REJECTED, QN_CODE_OVERLOADED,
+                                "again"), 0);
+    qn_core_stop(f.core);
+    CHECK_EQ_INT(atomic_load(&kept.calls), 30);
+    CHECK_EQ_INT(kept.status, QN_STATUS_OK);
+    CHECK_EQ_INT(atomic_load(&gone.calls), 30);
+    CHECK_EQ_INT(qn_core_inflight(f.core), 0);
+    teardown(&f);
+}
+
 int main(void)
 {
     for (int i = 0; i < HID * IN; i++) g_w1[i] = sinf((float)i) * 0.5f;
@@ -264,5 +326,7 @@ int main(void)
     RUN(bytes_that_do_not_decode);
     RUN(direct_path_matches_executor);
     RUN(stop_answers_everything_queued);
+    RUN(too_large_on_direct_path_names_the_limit);
+    RUN(cancel_answers_queued_matches_only);
     return qn_test_done();
 }
