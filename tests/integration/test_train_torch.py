@@ -319,6 +319,35 @@ def test_bad_input(w, c, repo):
     assert p["status"] == "ok", p
 
 
+def test_train_queue_bound():
+    """--train-queue 1: one job trains, one waits, the third is rejected at
+    once (overloaded); predict jobs are still served meanwhile."""
+    repo = make_repo({})
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2048, 128)).astype(np.float32)
+    y = rng.standard_normal((2048, 4)).astype(np.float32)
+    init = {"input_dim": 128, "layers": [{"units": 1024, "activation": "relu"}, {"units": 4, "activation": "none"}]}
+    with Worker(repo, "--train-queue", "1") as w:
+        c = Client(w.endpoint, timeout_ms=120000)
+        for i in range(3):
+            c.send(train_job("q%d" % i, "q", x, y, "mse", {"name": "sgd", "lr": 1e-3}, epochs=4, init=init))
+        finals = {}
+        while len(finals) < 3:
+            r = c.recv()
+            if r["type"] == "result":
+                finals[r["id"]] = r
+                if r["id"] == "q2":
+                    # answered before the others finished; inference goes on meanwhile
+                    p = c.call({"v": 1, "id": "pq", "type": "predict", "model": "q", "inputs": tensor(x[:1])}) \
+                        if os.path.isdir(os.path.join(repo, "q", "1")) else None
+                    assert p is None or p["status"] == "ok", p
+        assert finals["q2"]["status"] == "rejected" and finals["q2"]["error"]["code"] == "overloaded", finals["q2"]
+        assert finals["q0"]["status"] == "ok" and finals["q1"]["status"] == "ok", finals
+        assert sorted([finals["q0"]["version"], finals["q1"]["version"]]) == [1, 2]
+        c.close()
+        assert w.stop() == 0
+
+
 def main():
     repo = make_repo({})
     t = Runner()
@@ -331,6 +360,7 @@ def main():
         t.run(test_bad_input, w, c, repo)
         c.close()
         assert w.stop() == 0
+    t.run(test_train_queue_bound)
     t.done()
 
 
