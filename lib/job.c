@@ -1318,7 +1318,7 @@ int qn_job_encode_train(const char *id_str, int64_t id_int, const char *model, i
     msgpack_packer_init(&pk, out, pk_write);
     const qn_opt_spec *o = &sp->opt;
     const qn_sched_spec *s = &sp->sched;
-    uint32_t nf = 13 + (version > 0) + (sp->sched.kind != QN_SCHED_CONSTANT) + (sp->val_rows ? 2 : 0) +
+    uint32_t nf = 12 + (version > 0) + (sp->sched.kind != QN_SCHED_CONSTANT) + (sp->val_rows ? 2 : 0) +
                   sp->early_stopping + sp->has_init;
     int e = msgpack_pack_map(&pk, nf);
     e = e || pk_str(&pk, "v") || msgpack_pack_int64(&pk, 1);

@@ -7,6 +7,7 @@
 #include <math.h>
 
 #include "error.h"
+#include "job.h"
 #include "train.h"
 
 /* Loss of net on (x, y) in double, through the same forward. */
@@ -292,8 +293,83 @@ TEST(learns_and_stops_early)
     qn_tnet_free(&net);
 }
 
+/* qn_job_encode_train then qn_job_decode gives back the same spec; bad
+ * bodies are refused with the field named. */
+TEST(train_job_codec_round_trip)
+{
+    float x[3 * 2] = {1, 2, 3, 4, 5, 6}, y[3] = {0, 1, 1};
+    qn_train_spec sp;
+    memset(&sp, 0, sizeof sp);
+    sp.loss = QN_LOSS_CROSS_ENTROPY;
+    qn_opt_defaults(QN_OPT_RMSPROP, &sp.opt);
+    sp.opt.lr = 0.02;
+    sp.opt.centered = true;
+    qn_sched_defaults(QN_SCHED_EXPONENTIAL, &sp.sched);
+    sp.sched.decay_steps = 7;
+    sp.sched.decay_rate = 0.5;
+    sp.sched.staircase = true;
+    sp.epochs = 3;
+    sp.batch_size = 2;
+    sp.shuffle = false;
+    sp.seed = 11;
+    sp.rows = 3;
+    sp.x_cols = 2;
+    sp.y_cols = 1;
+    sp.x = x;
+    sp.y = y;
+    sp.has_init = true;
+    sp.init_in = 2;
+    sp.init_n = 2;
+    sp.init_units[0] = 5;
+    sp.init_acts[0] = QN_ACT_GELU;
+    sp.init_units[1] = 2;
+    sp.init_acts[1] = QN_ACT_SOFTMAX;
+    sp.early_stopping = true;
+    sp.es_patience = 2;
+    qn_buf b = {0};
+    CHECK_EQ_INT(qn_job_encode_train("t1", 0, "m", 4, &sp, &b), 0);
+    qn_job *job = NULL;
+    qn_decode_error err;
+    CHECK_EQ_INT(qn_job_decode(b.data, b.len, NULL, &job, &err), 0);
+    if (job) {
+        CHECK_EQ_INT(job->type, QN_JOB_TRAIN);
+        CHECK_EQ_INT(job->version, 4);
+        qn_train_spec *d = job->train;
+        CHECK(d != NULL);
+        if (d) {
+            CHECK_EQ_INT(d->loss, QN_LOSS_CROSS_ENTROPY);
+            CHECK_EQ_INT(d->opt.kind, QN_OPT_RMSPROP);
+            CHECK_NEAR(d->opt.lr, 0.02, 0);
+            CHECK_NEAR(d->opt.alpha, 0.99, 0);
+            CHECK(d->opt.centered);
+            CHECK_EQ_INT(d->sched.kind, QN_SCHED_EXPONENTIAL);
+            CHECK_EQ_INT(d->sched.decay_steps, 7);
+            CHECK(d->sched.staircase);
+            CHECK_EQ_INT(d->epochs, 3);
+            CHECK_EQ_INT(d->batch_size, 2);
+            CHECK(!d->shuffle);
+            CHECK_EQ_INT(d->seed, 11);
+            CHECK_EQ_INT(d->rows, 3);
+            CHECK(memcmp(d->x, x, sizeof x) == 0 && memcmp(d->y, y, sizeof y) == 0);
+            CHECK(d->has_init && d->init_n == 2 && d->init_units[0] == 5 && d->init_acts[0] == QN_ACT_GELU);
+            CHECK(d->early_stopping && d->es_patience == 2);
+        }
+    }
+    qn_job_free(&job);
+    /* a bad body: batch_size past the rows, named in the error */
+    qn_buf_reset(&b);
+    sp.batch_size = 9;
+    CHECK_EQ_INT(qn_job_encode_train("t2", 0, "m", 0, &sp, &b), 0);
+    CHECK_EQ_INT(qn_job_decode(b.data, b.len, NULL, &job, &err), QN_EFORMAT);
+    CHECK_EQ_INT(err.code, QN_CODE_BAD_JOB);
+    CHECK(strstr(err.message, "batch_size") != NULL);
+    qn_job_free(&job);
+    qn_buf_free(&b);
+}
+
 int main(void)
 {
+    RUN(train_job_codec_round_trip);
     RUN(gradients_every_activation_and_loss);
     RUN(init_is_torch_bound_and_seeded);
     RUN(schedules_match_torch);
