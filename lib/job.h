@@ -114,6 +114,12 @@ typedef struct qn_result {
     qn_code code;           /* on anything but ok */
     const char *message;    /* on anything but ok; may be NULL */
     const qn_train_report *train; /* train progress / final result fields; NULL otherwise */
+    /* Final results only: the job was stopped unfinished because the worker
+     * is shutting down (a train job interrupted by SIGTERM; nothing was
+     * written). A transport that can redeliver (Kafka) leaves the job
+     * uncommitted instead of answering, so another worker runs it; others
+     * send the result (status rejected, code overloaded) as usual. */
+    bool handed_back;
 } qn_result;
 
 /* Decode limits. */

@@ -193,6 +193,10 @@ static void run_job(qn_trainer *t, qn_job *job)
             return;
         }
     }
+    char from[40] = "init";
+    if (parent) snprintf(from, sizeof from, "version %lld", (long long)parent);
+    QN_LOGI("train", "training '%s' from %s: %lld rows, %lld epochs, batch %lld, %s", job->model, from,
+            (long long)sp->rows, (long long)sp->epochs, (long long)sp->batch_size, qn_opt_name(sp->opt.kind));
     run_ctx ctx = {.t = t, .job = job};
     qn_train_hooks hooks = {.ud = &ctx, .progress = on_progress, .cancel = &t->cancel,
                             .min_interval_ns = t->o.progress_interval_ns};
@@ -206,7 +210,13 @@ static void run_job(qn_trainer *t, qn_job *job)
                      : rc == QN_TRAIN_DIVERGED ? QN_CODE_DIVERGED
                      : rc == QN_ECLOSED ? QN_CODE_OVERLOADED : QN_CODE_INTERNAL;
         QN_LOGW("train", "'%s': %s", job->model, out.message);
-        answer(t, job, rc == QN_ECLOSED ? QN_STATUS_REJECTED : QN_STATUS_ERROR, code, out.message);
+        if (rc == QN_ECLOSED) {
+            qn_result res = {.type = QN_RESULT_FINAL, .status = QN_STATUS_REJECTED, .id = &job->id,
+                             .model = job->model, .code = code, .message = out.message, .handed_back = true};
+            t->finish(t->ud, job, &res);
+        } else {
+            answer(t, job, QN_STATUS_ERROR, code, out.message);
+        }
         qn_tnet_free(&net);
         return;
     }

@@ -1,8 +1,9 @@
 """Train jobs over Kafka (quern-kafka-mock, confluent-kafka clients):
 progress messages and the result on the reply topic, the offset committed
 only once the result is acknowledged; a worker killed (SIGKILL) in the middle
-of training leaves no version and no partial files, the job is redelivered to
-the next worker, which trains it once; a redelivered job that already made
+of training leaves no version and no partial files, and so does SIGTERM
+(the interrupted job is handed back: no answer, offset uncommitted); the job
+is redelivered to the next worker, which trains it once; a redelivered job that already made
 its version is answered with it; a second worker on the same repository
 serves the new version."""
 import os
@@ -56,7 +57,18 @@ def test_train_over_kafka(repo):
         w.proc.wait()
         assert not any(r.get("type") == "result" for r in by_id(col, "long-1"))
         assert versions(repo) == [] and hidden(repo) == [], (versions(repo), hidden(repo))
-        # 2. the next worker of the group gets it again and trains it once
+        # 2. SIGTERM in the middle: the worker exits 0 without answering the
+        #    interrupted job and leaves it uncommitted (handed back)
+        w1b = kafka_worker(repo, mk.bootstrap)
+        w1b.wait_for(r"train: training 'k'", 60)  # the job came back after the kill
+        time.sleep(0.5)
+        assert w1b.stop() == 0
+        assert "handed back unfinished" in w1b.log(), w1b.log()[-2000:]
+        assert not any(r.get("type") == "result" for r in by_id(col, "long-1")), by_id(col, "long-1")[-1]
+        assert versions(repo) == [] and hidden(repo) == []
+        offs = committed(mk.bootstrap, "quern", "quern.jobs", 2)
+        assert sum(max(o, 0) for o in offs.values()) == 0, offs
+        # 3. the next worker of the group gets it again and trains it once
         with kafka_worker(repo, mk.bootstrap) as w2:
             col.wait(lambda m: any(r.get("type") == "result" for r in by_id(col, "long-1")), 120)
             finals = [r for r in by_id(col, "long-1") if r.get("type") == "result"]
@@ -64,7 +76,7 @@ def test_train_over_kafka(repo):
             assert finals[0]["version"] == 1 and versions(repo) == [1]
             prog = [r for r in by_id(col, "long-1") if r.get("type") == "progress"]
             assert prog and all({"epoch", "step", "loss", "lr"} <= set(r) for r in prog)
-            # 3. redelivered after it was done (same id, same data): the same version
+            # 4. redelivered after it was done (same id, same data): the same version
             produce_jobs(p, "quern.jobs", [kill_job])
             col.wait(lambda m: len([r for r in by_id(col, "long-1") if r.get("type") == "result"]) >= 2, 60)
             finals = [r for r in by_id(col, "long-1") if r.get("type") == "result"]
@@ -75,7 +87,7 @@ def test_train_over_kafka(repo):
         offs = committed(mk.bootstrap, "quern", "quern.jobs", 2)
         assert sum(max(o, 0) for o in offs.values()) == 2, offs
         col.close()
-    # 4. a second worker on the same repository serves the trained version
+    # 5. a second worker on the same repository serves the trained version
     with Worker(repo) as w3:
         c = Client(w3.endpoint)
         r = c.call({"v": 1, "id": 1, "type": "predict", "model": "k", "inputs": tensor(x[:4])})
