@@ -345,7 +345,10 @@ void qn_trainer_stop(qn_trainer *t)
         qn_job *job = t->q[t->head];
         t->head = (t->head + 1) % t->o.queue_limit;
         t->count--;
-        answer(t, job, QN_STATUS_REJECTED, QN_CODE_OVERLOADED, "worker is shutting down; train job not started");
+        qn_result res = {.type = QN_RESULT_FINAL, .status = QN_STATUS_REJECTED, .id = &job->id,
+                         .model = job->model, .code = QN_CODE_OVERLOADED,
+                         .message = "worker is shutting down; train job not started", .handed_back = true};
+        t->finish(t->ud, job, &res);
     }
 }
 

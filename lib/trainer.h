@@ -36,8 +36,9 @@ int qn_trainer_create(qn_registry *reg, const qn_trainer_opts *o, qn_trainer_fin
 /* Queues job (ownership passes on 0). QN_EFULL past the bound, QN_ECLOSED
  * after stop: the job stays the caller's to answer. */
 int qn_trainer_submit(qn_trainer *t, qn_job *job);
-/* Stops: the running job is interrupted (answered rejected, nothing
- * written), queued ones are answered rejected; joins the thread. Idempotent. */
+/* Stops: the running job is interrupted (nothing written) and it and the
+ * queued ones are finished with a rejected result marked handed_back (Kafka
+ * leaves them uncommitted for redelivery); joins the thread. Idempotent. */
 void qn_trainer_stop(qn_trainer *t);
 void qn_trainer_destroy(qn_trainer **t);
 /* Jobs queued or running. */
