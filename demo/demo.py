@@ -10,6 +10,9 @@ ways:
    cluster inside the worker; its bootstrap list is on its stderr), the test
    set produced as jobs with confluent-kafka, the results read back from the
    reply topic; then one `quern predict --kafka` call on one image; SIGTERM.
+3. Training: a third worker takes a train job from `quern train` (a new
+   model from init, Adam, 40 epochs) and serves the version it writes; the
+   demo checks it reaches at least 95% on the test set.
 
 Every wait has a timeout that says what did not happen.
 """
@@ -225,6 +228,50 @@ def kafka_part(worker_bin, cli_bin, repo, out, Xte, yte, workers):
     return acc, w
 
 
+def train_part(worker_bin, cli_bin, repo, out, Xtr, ytr, Xte, yte, workers):
+    """Trains a new model from init through the worker (quern train over
+    ZeroMQ), then serves the version it wrote."""
+    say("starting quern-worker for a train job (ZeroMQ)")
+    w = Worker([worker_bin, "--model-repo", repo, "--zmq-bind", "tcp://127.0.0.1:*"], "train worker")
+    workers.append(w)
+    endpoint = w.wait_line(r"listening on (\S+)", 20).group(1)
+    w.wait_line(r"worker: ready", 20)
+    files = {}
+    for n, a in (("x", Xtr), ("y", ytr.astype(np.float32).reshape(-1, 1)), ("xv", Xte),
+                 ("yv", yte.astype(np.float32).reshape(-1, 1))):
+        files[n] = os.path.join(out, "train_%s.npy" % n)
+        np.save(files[n], a.astype(np.float32))
+    cmd = [cli_bin, "train", "--zmq", endpoint, "--model", "digits_trained", "--x", files["x"], "--y", files["y"],
+           "--x-val", files["xv"], "--y-val", files["yv"], "--loss", "cross_entropy", "--optimizer", "adam",
+           "--lr", "0.003", "--epochs", "40", "--batch-size", "32", "--init", "64:relu,10:softmax", "--seed", "1"]
+    say("training digits_trained from init through the worker: " + " ".join(
+        os.path.relpath(a, SRC) if a.startswith(SRC) else a for a in cmd))
+    w.echo_pending()
+    try:
+        rc = subprocess.run(cmd, timeout=120).returncode
+    except subprocess.TimeoutExpired:
+        raise DemoError("quern train did not finish within 120 s")
+    if rc != 0:
+        raise DemoError("quern train exited with %d" % rc)
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.RCVTIMEO, 10000)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    s.send(msgpack.packb({"v": 1, "id": "test-set", "type": "predict", "model": "digits_trained",
+                          "inputs": {"dtype": "f32", "shape": list(Xte.shape), "data": Xte.tobytes()}}))
+    try:
+        res = msgpack.unpackb(s.recv())
+    except zmq.Again:
+        raise DemoError("no result for the trained model within 10 s")
+    s.close()
+    if res["status"] != "ok":
+        raise DemoError("the trained model answered %s" % res)
+    out_ = np.frombuffer(res["outputs"]["data"], np.float32).reshape(res["outputs"]["shape"])
+    acc = (out_.argmax(axis=1) == yte).mean()
+    say("trained through quern: version %d serves the test set at %.2f%% accuracy" % (res["version"], acc * 100))
+    return acc, w
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(SRC, "build"))
@@ -268,6 +315,11 @@ def main():
         rc = w.stop()
         say("worker exited with %d" % rc)
         ok = ok and rc == 0 and acc == ref
+
+        acc, w = train_part(worker_bin, cli_bin, repo, out, Xtr.astype(np.float32), ytr, Xte.astype(np.float32),
+                            yte, workers)
+        rc = w.stop()
+        ok = ok and rc == 0 and acc >= 0.95
     except DemoError as e:
         say("demo failed: %s" % e)
         ok = False

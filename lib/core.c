@@ -13,6 +13,7 @@
 #include "executor.h"
 #include "log.h"
 #include "tensor.h"
+#include "trainer.h"
 
 struct qn_core {
     qn_core_opts o;
@@ -24,6 +25,7 @@ struct qn_core {
     atomic_int stopped;
     int direct;          /* direct path enabled */
     atomic_uint_fast64_t direct_batches, direct_rows;
+    qn_trainer *trainer; /* train jobs; NULL when train_queue is 0 */
 };
 
 struct qn_core_local {
@@ -42,6 +44,8 @@ void qn_core_opts_default(qn_core_opts *o)
     o->limits.max_message_bytes = QN_DEFAULT_MAX_MESSAGE;
     o->direct_max_flops = QN_CORE_DEFAULT_DIRECT_MAX_FLOPS;
     o->direct_idle_rows = QN_CORE_DEFAULT_DIRECT_IDLE_ROWS;
+    o->train_queue = QN_TRAINER_DEFAULT_QUEUE;
+    o->train_nice = QN_TRAINER_DEFAULT_NICE;
 }
 
 /* Remembers an ok, computed result for later identical jobs. */
@@ -98,6 +102,15 @@ int qn_core_create(const qn_core_opts *opts, qn_registry *reg, qn_backend *be, q
     qn_executor_hooks h = {.ud = c, .finish = core_finish, .batch_done = core_batch_done};
     rc = qn_executor_start(c->batcher, be, opts->threads, &h, &c->exec);
     if (rc) goto fail;
+    if (opts->train_queue > 0) {
+        qn_trainer_opts to = {.queue_limit = opts->train_queue, .nice = opts->train_nice};
+        rc = qn_trainer_create(reg, &to, core_finish, c, &c->trainer);
+        if (rc) {
+            qn_batcher_close(c->batcher);
+            qn_executor_join(&c->exec);
+            goto fail;
+        }
+    }
     *out = c;
     return 0;
 fail:
@@ -109,6 +122,7 @@ fail:
 void qn_core_stop(qn_core *c)
 {
     if (atomic_exchange(&c->stopped, 1)) return;
+    qn_trainer_stop(c->trainer);
     qn_batcher_close(c->batcher);
     uint64_t batches = 0, rows = 0, busy_ns = 0;
     qn_executor_stats(c->exec, &batches, &rows, &busy_ns);
@@ -126,6 +140,7 @@ void qn_core_destroy(qn_core **pc)
     qn_core *c = pc ? *pc : NULL;
     if (!c) return;
     qn_core_stop(c);
+    qn_trainer_destroy(&c->trainer);
     qn_batcher_destroy(&c->batcher);
     free(c);
     *pc = NULL;
@@ -191,12 +206,36 @@ static int cache_lookup(qn_core *c, qn_job *job, qn_model *m, qn_cache_reader *r
     return hit;
 }
 
+/* Train jobs go to the trainer's bounded queue, not the batcher. */
+static void train_admit(qn_core *c, qn_job *job)
+{
+    char msg[128];
+    if (!c->trainer) {
+        qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_BAD_JOB, "this worker does not take train jobs");
+        return;
+    }
+    atomic_fetch_add(&c->inflight, 1);
+    int rc = qn_trainer_submit(c->trainer, job);
+    if (rc == 0) return;
+    atomic_fetch_sub(&c->inflight, 1);
+    if (rc == QN_EFULL) {
+        snprintf(msg, sizeof msg, "train queue full: %d train jobs waiting, limit %d",
+                 qn_trainer_pending(c->trainer), c->o.train_queue);
+        qn_core_reply_error(job, QN_STATUS_REJECTED, QN_CODE_OVERLOADED, msg);
+    } else {
+        qn_core_reply_error(job, QN_STATUS_REJECTED, QN_CODE_OVERLOADED, "worker is shutting down");
+    }
+}
+
 static void admit(qn_core *c, qn_core_local *l, qn_job *job)
 {
     char msg[256];
+    if (job->type == QN_JOB_TRAIN) {
+        train_admit(c, job);
+        return;
+    }
     if (job->type != QN_JOB_PREDICT) {
-        qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_BAD_JOB,
-                            "train jobs are not supported by this worker yet");
+        qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_BAD_JOB, "unsupported job type");
         return;
     }
     if (job->deadline_ms > 0 && qn_wall_ms() > job->deadline_ms) {

@@ -34,6 +34,11 @@ typedef struct qn_core_opts {
      * after compute and written once per executor batch (and by the cache's
      * own tick). Errors are never cached. */
     qn_cache *cache;
+    /* Train jobs (trainer.h): at most train_queue waiting beside the one
+     * running (past it: rejected; 0: train jobs are refused), on a thread
+     * at train_nice added niceness. */
+    int train_queue;
+    int train_nice;
 } qn_core_opts;
 
 #define QN_CORE_DEFAULT_DIRECT_MAX_FLOPS 131072

@@ -14,8 +14,11 @@
 #include "job.h"
 #include "error.h"
 #include "log.h"
+#include "train.h"
 
 #include <msgpack.h>
+
+#include <math.h>
 
 #include <malloc.h>
 #include <pthread.h>
@@ -38,6 +41,7 @@ static const char *const g_code_names[QN_CODE_COUNT] = {
     [QN_CODE_OVERLOADED] = "overloaded",
     [QN_CODE_EXPIRED] = "expired",
     [QN_CODE_INTERNAL] = "internal",
+    [QN_CODE_DIVERGED] = "diverged",
 };
 
 /* Out-of-range values are bugs in the caller, but a result must still go out
@@ -174,6 +178,7 @@ void qn_job_free(qn_job **pjob)
     qn_job *job = *pjob;
     if (job->id.kind == QN_ID_STR && job->id.s && !job_owns_inline(job, job->id.s)) free(job->id.s);
     if (job->reply_to && !job_owns_inline(job, job->reply_to)) free(job->reply_to);
+    qn_train_spec_free(&job->train);
     free(job);
     *pjob = NULL;
 }
@@ -533,6 +538,8 @@ static int unpack_root(const void *buf, size_t len, msgpack_zone *zone, msgpack_
     return 0;
 }
 
+static int train_decode(const msgpack_object *root, qn_train_spec **out, qn_decode_error *err);
+
 /* ---- qn_job_decode ---- */
 
 enum { F_V, F_ID, F_TYPE, F_MODEL, F_VERSION, F_INPUTS, F_REPLY_TO, F_DEADLINE, F_PRIORITY, F_CACHE, F_COUNT };
@@ -670,14 +677,20 @@ int qn_job_decode(const void *buf, size_t len, const qn_job_limits *limits, qn_j
     /* The train body (x, y, loss, optimizer, ...) is a later issue: a train job
      * carries only the common fields for now, and inputs are not read. */
     tensor_src t = {0};
+    qn_train_spec *spec = NULL;
     if (type == QN_JOB_PREDICT) {
         if (!f[F_INPUTS]) { rc = set_err(err, QN_CODE_BAD_JOB, "inputs: missing"); goto bad; }
         if ((rc = tensor_parse(f[F_INPUTS], "inputs", &t, err))) goto bad;
+    } else if (type == QN_JOB_TRAIN) {
+        if ((rc = train_decode(&root, &spec, err))) {
+            if (rc == QN_ENOMEM) goto done;
+            goto bad;
+        }
     }
 
     qn_job *job = job_with_id(t.rows, t.cols, &id, id.kind == QN_ID_STR ? f[F_ID]->via.str.ptr : NULL,
                               reply_to);
-    if (!job) { rc = QN_ENOMEM; goto done; }
+    if (!job) { qn_train_spec_free(&spec); rc = QN_ENOMEM; goto done; }
     job->type = type;
     memcpy(job->model, m->via.str.ptr, m->via.str.size);
     job->model[m->via.str.size] = '\0';
@@ -685,7 +698,7 @@ int qn_job_decode(const void *buf, size_t len, const qn_job_limits *limits, qn_j
     job->deadline_ms = deadline;
     job->priority = (int32_t)priority;
     job->cache = cache;
-    job->train = NULL;
+    job->train = spec;
     if (job->inputs) tensor_fill(&t, job->inputs);
     *out = job;
     rc = 0;
@@ -752,11 +765,60 @@ static int tensor_size_ok(int64_t rows, int64_t cols)
     return rows >= 0 && cols >= 0 && (rows == 0 || (uint64_t)cols <= UINT32_MAX / 4 / (uint64_t)rows);
 }
 
+/* Train fields: progress messages carry epoch, epochs, step, loss, lr (and
+ * accuracy, val_loss, val_accuracy, rows_per_s when known); a final ok
+ * result carries metrics {loss, accuracy, val_loss, val_accuracy}, epochs
+ * (run), steps, stopped_early (and repeated: true for a redelivered job). */
+static uint32_t train_nf(const qn_result *res)
+{
+    const qn_train_report *t = res->train;
+    if (!t) return 0;
+    if (res->type == QN_RESULT_PROGRESS)
+        return 5 + (uint32_t)isfinite(t->accuracy) + (uint32_t)isfinite(t->val_loss) +
+               (uint32_t)isfinite(t->val_accuracy) + (uint32_t)isfinite(t->rows_per_s);
+    if (res->status != QN_STATUS_OK) return 0;
+    return 4 + (t->repeated ? 1 : 0);
+}
+
+static int pk_kv_double(msgpack_packer *pk, const char *k, double v)
+{
+    return pk_str(pk, k) || msgpack_pack_double(pk, v);
+}
+
+static int pk_train(msgpack_packer *pk, const qn_result *res)
+{
+    const qn_train_report *t = res->train;
+    int e = 0;
+    if (res->type == QN_RESULT_PROGRESS) {
+        e = e || pk_str(pk, "epoch") || msgpack_pack_int64(pk, t->epoch);
+        e = e || pk_str(pk, "epochs") || msgpack_pack_int64(pk, t->epochs);
+        e = e || pk_str(pk, "step") || msgpack_pack_int64(pk, t->step);
+        e = e || pk_kv_double(pk, "loss", t->loss) || pk_kv_double(pk, "lr", t->lr);
+        if (isfinite(t->accuracy)) e = e || pk_kv_double(pk, "accuracy", t->accuracy);
+        if (isfinite(t->val_loss)) e = e || pk_kv_double(pk, "val_loss", t->val_loss);
+        if (isfinite(t->val_accuracy)) e = e || pk_kv_double(pk, "val_accuracy", t->val_accuracy);
+        if (isfinite(t->rows_per_s)) e = e || pk_kv_double(pk, "rows_per_s", t->rows_per_s);
+        return e;
+    }
+    uint32_t nm = (uint32_t)isfinite(t->loss) + (uint32_t)isfinite(t->accuracy) + (uint32_t)isfinite(t->val_loss) +
+                  (uint32_t)isfinite(t->val_accuracy);
+    e = e || pk_str(pk, "metrics") || msgpack_pack_map(pk, nm);
+    if (isfinite(t->loss)) e = e || pk_kv_double(pk, "loss", t->loss);
+    if (isfinite(t->accuracy)) e = e || pk_kv_double(pk, "accuracy", t->accuracy);
+    if (isfinite(t->val_loss)) e = e || pk_kv_double(pk, "val_loss", t->val_loss);
+    if (isfinite(t->val_accuracy)) e = e || pk_kv_double(pk, "val_accuracy", t->val_accuracy);
+    e = e || pk_str(pk, "epochs") || msgpack_pack_int64(pk, t->epoch);
+    e = e || pk_str(pk, "steps") || msgpack_pack_int64(pk, t->step);
+    e = e || pk_str(pk, "stopped_early") || (t->stopped_early ? msgpack_pack_true(pk) : msgpack_pack_false(pk));
+    if (t->repeated) e = e || pk_str(pk, "repeated") || msgpack_pack_true(pk);
+    return e;
+}
+
 int qn_result_encode(const qn_result *res, qn_buf *out)
 {
     if (!res || !out) return QN_EINVAL;
     bool ok = res->status == QN_STATUS_OK;
-    bool outputs = ok && res->type == QN_RESULT_FINAL;
+    bool outputs = ok && res->type == QN_RESULT_FINAL && !res->train;
     size_t nbytes = 0;
     if (outputs) {
         if (!tensor_size_ok(res->rows, res->cols)) return QN_ETOOLARGE;
@@ -777,7 +839,8 @@ int qn_result_encode(const qn_result *res, qn_buf *out)
                  (id && id->kind == QN_ID_STR ? id->len : 0);
     if (buf_reserve(out, est)) return QN_ENOMEM;
 
-    uint32_t nf = 4 + (res->model ? 1 : 0) + (res->version > 0 ? 1 : 0) + (outputs ? 2 : 0) + (ok ? 0 : 1);
+    uint32_t nf = 4 + (res->model ? 1 : 0) + (res->version > 0 ? 1 : 0) + (outputs ? 2 : 0) + (ok ? 0 : 1) +
+                  train_nf(res);
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, pk_write);
     int e = msgpack_pack_map(&pk, nf);
@@ -802,6 +865,7 @@ int qn_result_encode(const qn_result *res, qn_buf *out)
         e = e || pk_str(&pk, "code") || pk_str(&pk, qn_code_name(code));
         e = e || pk_str(&pk, "message") || pk_str(&pk, msg);
     }
+    if (train_nf(res)) e = e || pk_train(&pk, res);
     if (e) {
         out->len = start; /* never leave half a message behind */
         return QN_ENOMEM;
@@ -845,6 +909,49 @@ int qn_job_encode_predict_to(const char *id_str, int64_t id_int, const char *mod
 
 /* ---- qn_result_decode ---- */
 
+static double obj_double(const msgpack_object *o)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: return (double)o->via.u64;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return (double)o->via.i64;
+    case MSGPACK_OBJECT_FLOAT32: case MSGPACK_OBJECT_FLOAT64: return o->via.f64;
+    default: return NAN;
+    }
+}
+
+/* The train fields of a result (progress or final) into out->train. */
+static int train_view(const msgpack_object *root, const msgpack_object *metrics, qn_result_view *out)
+{
+    static const char *const tn[] = {"epoch", "epochs", "step", "steps", "loss", "lr", "accuracy", "val_loss",
+                                     "val_accuracy", "rows_per_s", "stopped_early", "repeated"};
+    const msgpack_object *f[12];
+    int dup;
+    qn_train_report *t = &out->train;
+    t->loss = t->lr = t->accuracy = t->val_loss = t->val_accuracy = t->rows_per_s = NAN;
+    map_collect(root, tn, 12, f, &dup);
+    int64_t v;
+    if (f[0] && obj_int64(f[0], &v)) { t->epoch = v; out->has_train = true; }
+    if (f[1] && obj_int64(f[1], &v)) { t->epochs = v; out->has_train = true; }
+    if (f[2] && obj_int64(f[2], &v)) { t->step = v; out->has_train = true; }
+    if (f[3] && obj_int64(f[3], &v)) { t->step = v; out->has_train = true; }
+    if (!out->progress && f[1] && obj_int64(f[1], &v)) t->epoch = v; /* final: epochs run */
+    double *dst[6] = {&t->loss, &t->lr, &t->accuracy, &t->val_loss, &t->val_accuracy, &t->rows_per_s};
+    for (int i = 0; i < 6; i++)
+        if (f[4 + i] && obj_is_number(f[4 + i])) { *dst[i] = obj_double(f[4 + i]); out->has_train = true; }
+    if (f[10] && f[10]->type == MSGPACK_OBJECT_BOOLEAN) t->stopped_early = f[10]->via.boolean;
+    if (f[11] && f[11]->type == MSGPACK_OBJECT_BOOLEAN) t->repeated = f[11]->via.boolean;
+    if (metrics && metrics->type == MSGPACK_OBJECT_MAP) {
+        static const char *const mn[] = {"loss", "accuracy", "val_loss", "val_accuracy"};
+        const msgpack_object *m[4];
+        map_collect(metrics, mn, 4, m, &dup);
+        double *md[4] = {&t->loss, &t->accuracy, &t->val_loss, &t->val_accuracy};
+        for (int i = 0; i < 4; i++)
+            if (m[i] && obj_is_number(m[i])) *md[i] = obj_double(m[i]);
+        out->has_train = true;
+    }
+    return 0;
+}
+
 static void copy_str(char *dst, size_t cap, const msgpack_object *o)
 {
     size_t n = o->via.str.size < cap - 1 ? o->via.str.size : cap - 1;
@@ -859,8 +966,10 @@ int qn_result_decode(const void *buf, size_t len, qn_result_view *out)
     out->id_kind = QN_ID_NIL;
     if (!buf && len) return QN_EINVAL;
 
-    enum { R_V, R_ID, R_TYPE, R_STATUS, R_MODEL, R_VERSION, R_OUTPUTS, R_CACHED, R_ERROR, R_COUNT };
-    static const char *const names[R_COUNT] = {"v", "id", "type", "status", "model", "version", "outputs", "cached", "error"};
+    enum { R_V, R_ID, R_TYPE, R_STATUS, R_MODEL, R_VERSION, R_OUTPUTS, R_CACHED, R_ERROR, R_EPOCH, R_EPOCHS,
+           R_STEP, R_LOSS, R_LR, R_METRICS, R_COUNT };
+    static const char *const names[R_COUNT] = {"v", "id", "type", "status", "model", "version", "outputs", "cached",
+                                               "error", "epoch", "epochs", "step", "loss", "lr", "metrics"};
     qn_decode_error err;
     int owned = 0, rc = QN_EFORMAT;
     msgpack_zone *zone = zone_get(&owned);
@@ -889,6 +998,9 @@ int qn_result_decode(const void *buf, size_t len, qn_result_view *out)
         } else goto done;
     }
     if ((o = f[R_TYPE]) && o->type != MSGPACK_OBJECT_STR) goto done;
+    out->progress = o && obj_is_str(o, "progress");
+    if ((rc = train_view(&root, f[R_METRICS], out)) != 0) goto done;
+    rc = QN_EFORMAT;
 
     if (!(o = f[R_STATUS]) || o->type != MSGPACK_OBJECT_STR) goto done;
     int status = -1;
@@ -934,4 +1046,352 @@ int qn_result_decode(const void *buf, size_t len, qn_result_view *out)
 done:
     zone_put(zone, owned);
     return rc;
+}
+
+/* ---- train jobs (CONTRACT.md section 3, "Train job") ---- */
+
+/* A number field of a sub-map (optional: *v keeps its default when absent
+ * or nil). Returns 0, or the error. */
+static int sub_num(const msgpack_object *o, const char *field, double *v, qn_decode_error *err)
+{
+    if (!(o = opt(o))) return 0;
+    if (!obj_is_number(o)) return set_err(err, QN_CODE_BAD_JOB, "%s: must be a number, not %s", field, obj_type_name(o));
+    *v = obj_double(o);
+    if (!isfinite(*v)) return set_err(err, QN_CODE_BAD_JOB, "%s: must be finite", field);
+    return 0;
+}
+
+static int sub_int(const msgpack_object *o, const char *field, int64_t lo, int64_t *v, qn_decode_error *err)
+{
+    if (!(o = opt(o))) return 0;
+    if (!obj_int64(o, v) || *v < lo)
+        return set_err(err, QN_CODE_BAD_JOB, "%s: must be an int >= %lld", field, (long long)lo);
+    return 0;
+}
+
+static int sub_bool(const msgpack_object *o, const char *field, bool *v, qn_decode_error *err)
+{
+    if (!(o = opt(o))) return 0;
+    if (o->type != MSGPACK_OBJECT_BOOLEAN) return set_err(err, QN_CODE_BAD_JOB, "%s: must be a bool", field);
+    *v = o->via.boolean;
+    return 0;
+}
+
+static int decode_opt(const msgpack_object *o, qn_opt_spec *os, qn_decode_error *err)
+{
+    if (!o) return set_err(err, QN_CODE_BAD_JOB, "optimizer: missing (a map {name, lr, ...})");
+    if (o->type != MSGPACK_OBJECT_MAP) return set_err(err, QN_CODE_BAD_JOB, "optimizer: must be a map, not %s", obj_type_name(o));
+    static const char *const n[] = {"name", "lr", "momentum", "dampening", "nesterov", "weight_decay", "beta1",
+                                    "beta2", "eps", "alpha", "centered"};
+    const msgpack_object *f[11];
+    int dup;
+    map_collect(o, n, 11, f, &dup);
+    if (dup >= 0) return set_err(err, QN_CODE_BAD_JOB, "optimizer.%s: duplicate field", n[dup]);
+    qn_opt_kind k;
+    if (!f[0]) return set_err(err, QN_CODE_BAD_JOB, "optimizer.name: missing (\"sgd\", \"adam\" or \"rmsprop\")");
+    if (obj_is_str(f[0], "sgd")) k = QN_OPT_SGD;
+    else if (obj_is_str(f[0], "adam")) k = QN_OPT_ADAM;
+    else if (obj_is_str(f[0], "rmsprop")) k = QN_OPT_RMSPROP;
+    else return set_err(err, QN_CODE_BAD_JOB, "optimizer.name: unknown optimizer (\"sgd\", \"adam\" or \"rmsprop\")");
+    qn_opt_defaults(k, os);
+    int rc;
+    if (k == QN_OPT_SGD && !opt(f[1])) return set_err(err, QN_CODE_BAD_JOB, "optimizer.lr: missing (sgd has no default)");
+    if ((rc = sub_num(f[1], "optimizer.lr", &os->lr, err))) return rc;
+    if (!(os->lr > 0)) return set_err(err, QN_CODE_BAD_JOB, "optimizer.lr: must be > 0");
+    if ((rc = sub_num(f[2], "optimizer.momentum", &os->momentum, err)) ||
+        (rc = sub_num(f[3], "optimizer.dampening", &os->dampening, err)) ||
+        (rc = sub_bool(f[4], "optimizer.nesterov", &os->nesterov, err)) ||
+        (rc = sub_num(f[5], "optimizer.weight_decay", &os->weight_decay, err)) ||
+        (rc = sub_num(f[6], "optimizer.beta1", &os->beta1, err)) ||
+        (rc = sub_num(f[7], "optimizer.beta2", &os->beta2, err)) ||
+        (rc = sub_num(f[8], "optimizer.eps", &os->eps, err)) ||
+        (rc = sub_num(f[9], "optimizer.alpha", &os->alpha, err)) ||
+        (rc = sub_bool(f[10], "optimizer.centered", &os->centered, err)))
+        return rc;
+    /* torch.optim's own argument checks */
+    if (os->momentum < 0) return set_err(err, QN_CODE_BAD_JOB, "optimizer.momentum: must be >= 0");
+    if (os->weight_decay < 0) return set_err(err, QN_CODE_BAD_JOB, "optimizer.weight_decay: must be >= 0");
+    if (os->eps < 0) return set_err(err, QN_CODE_BAD_JOB, "optimizer.eps: must be >= 0");
+    if (k == QN_OPT_SGD && os->nesterov && (os->momentum <= 0 || os->dampening != 0))
+        return set_err(err, QN_CODE_BAD_JOB, "optimizer.nesterov: needs momentum > 0 and dampening 0");
+    if (k == QN_OPT_ADAM && !(os->beta1 >= 0 && os->beta1 < 1 && os->beta2 >= 0 && os->beta2 < 1))
+        return set_err(err, QN_CODE_BAD_JOB, "optimizer.beta1/beta2: must be in [0, 1)");
+    if (k == QN_OPT_RMSPROP && os->alpha < 0) return set_err(err, QN_CODE_BAD_JOB, "optimizer.alpha: must be >= 0");
+    return 0;
+}
+
+static int decode_sched(const msgpack_object *o, qn_sched_spec *ss, qn_decode_error *err)
+{
+    qn_sched_defaults(QN_SCHED_CONSTANT, ss);
+    if (!(o = opt(o))) return 0;
+    if (o->type != MSGPACK_OBJECT_MAP) return set_err(err, QN_CODE_BAD_JOB, "schedule: must be a map, not %s", obj_type_name(o));
+    static const char *const n[] = {"name", "decay_steps", "decay_rate", "staircase", "step_size", "gamma",
+                                    "t_max", "eta_min", "factor", "patience", "threshold", "min_lr", "cooldown"};
+    const msgpack_object *f[13];
+    int dup;
+    map_collect(o, n, 13, f, &dup);
+    if (dup >= 0) return set_err(err, QN_CODE_BAD_JOB, "schedule.%s: duplicate field", n[dup]);
+    static const char *const kinds[QN_SCHED_COUNT] = {"constant", "exponential", "step", "cosine", "plateau"};
+    int k = -1;
+    for (int i = 0; f[0] && i < QN_SCHED_COUNT; i++)
+        if (obj_is_str(f[0], kinds[i])) k = i;
+    if (k < 0)
+        return set_err(err, QN_CODE_BAD_JOB,
+                       "schedule.name: unknown schedule (constant, exponential, step, cosine, plateau)");
+    qn_sched_defaults((qn_sched_kind)k, ss);
+    int rc;
+    if ((rc = sub_int(f[1], "schedule.decay_steps", 1, &ss->decay_steps, err)) ||
+        (rc = sub_num(f[2], "schedule.decay_rate", &ss->decay_rate, err)) ||
+        (rc = sub_bool(f[3], "schedule.staircase", &ss->staircase, err)) ||
+        (rc = sub_int(f[4], "schedule.step_size", 1, &ss->step_size, err)) ||
+        (rc = sub_num(f[5], "schedule.gamma", &ss->gamma, err)) ||
+        (rc = sub_int(f[6], "schedule.t_max", 1, &ss->t_max, err)) ||
+        (rc = sub_num(f[7], "schedule.eta_min", &ss->eta_min, err)) ||
+        (rc = sub_num(f[8], "schedule.factor", &ss->factor, err)) ||
+        (rc = sub_int(f[9], "schedule.patience", 0, &ss->patience, err)) ||
+        (rc = sub_num(f[10], "schedule.threshold", &ss->threshold, err)) ||
+        (rc = sub_num(f[11], "schedule.min_lr", &ss->min_lr, err)) ||
+        (rc = sub_int(f[12], "schedule.cooldown", 0, &ss->cooldown, err)))
+        return rc;
+    switch (ss->kind) {
+    case QN_SCHED_EXPONENTIAL:
+        if (!opt(f[1]) || !opt(f[2]))
+            return set_err(err, QN_CODE_BAD_JOB, "schedule: exponential needs decay_steps and decay_rate");
+        if (!(ss->decay_rate > 0)) return set_err(err, QN_CODE_BAD_JOB, "schedule.decay_rate: must be > 0");
+        break;
+    case QN_SCHED_STEP:
+        if (!opt(f[4])) return set_err(err, QN_CODE_BAD_JOB, "schedule: step needs step_size");
+        break;
+    case QN_SCHED_COSINE:
+        if (!opt(f[6])) return set_err(err, QN_CODE_BAD_JOB, "schedule: cosine needs t_max");
+        break;
+    case QN_SCHED_PLATEAU:
+        if (!(ss->factor > 0 && ss->factor < 1)) return set_err(err, QN_CODE_BAD_JOB, "schedule.factor: must be in (0, 1)");
+        break;
+    default: break;
+    }
+    return 0;
+}
+
+static int decode_init(const msgpack_object *o, qn_train_spec *sp, qn_decode_error *err)
+{
+    if (o->type != MSGPACK_OBJECT_MAP) return set_err(err, QN_CODE_BAD_JOB, "init: must be a map, not %s", obj_type_name(o));
+    static const char *const n[] = {"input_dim", "layers", "seed"};
+    const msgpack_object *f[3];
+    int dup, rc;
+    map_collect(o, n, 3, f, &dup);
+    if (dup >= 0) return set_err(err, QN_CODE_BAD_JOB, "init.%s: duplicate field", n[dup]);
+    if (!opt(f[0])) return set_err(err, QN_CODE_BAD_JOB, "init.input_dim: missing");
+    if ((rc = sub_int(f[0], "init.input_dim", 1, &sp->init_in, err))) return rc;
+    if (sp->init_in > INT32_MAX) return set_err(err, QN_CODE_BAD_JOB, "init.input_dim: too large");
+    int64_t seed = 0;
+    if ((rc = sub_int(f[2], "init.seed", INT64_MIN, &seed, err))) return rc;
+    sp->init_seed = (uint64_t)seed;
+    const msgpack_object *ls = f[1];
+    if (!ls || ls->type != MSGPACK_OBJECT_ARRAY || ls->via.array.size < 1 || ls->via.array.size > QN_TRAIN_MAX_LAYERS)
+        return set_err(err, QN_CODE_BAD_JOB, "init.layers: must be an array of 1 to %d layer maps", QN_TRAIN_MAX_LAYERS);
+    for (uint32_t i = 0; i < ls->via.array.size; i++) {
+        const msgpack_object *l = &ls->via.array.ptr[i];
+        if (l->type != MSGPACK_OBJECT_MAP) return set_err(err, QN_CODE_BAD_JOB, "init.layers[%u]: must be a map", i);
+        static const char *const ln[] = {"units", "activation"};
+        const msgpack_object *lf[2];
+        map_collect(l, ln, 2, lf, &dup);
+        int64_t u = 0;
+        if (!opt(lf[0]) || !obj_int64(lf[0], &u) || u < 1 || u > INT32_MAX)
+            return set_err(err, QN_CODE_BAD_JOB, "init.layers[%u].units: must be a positive int", i);
+        qn_act a = QN_ACT_NONE;
+        if (opt(lf[1])) {
+            char name[16] = "";
+            if (lf[1]->type == MSGPACK_OBJECT_STR && lf[1]->via.str.size < sizeof name) {
+                memcpy(name, lf[1]->via.str.ptr, lf[1]->via.str.size);
+                name[lf[1]->via.str.size] = '\0';
+            }
+            if (!name[0] || qn_act_from_name(name, &a) != 0)
+                return set_err(err, QN_CODE_BAD_JOB,
+                               "init.layers[%u].activation: must be relu, gelu, sigmoid, tanh, softmax or none", i);
+        }
+        sp->init_units[i] = u;
+        sp->init_acts[i] = a;
+    }
+    sp->init_n = (int)ls->via.array.size;
+    sp->has_init = true;
+    return 0;
+}
+
+static int train_decode(const msgpack_object *root, qn_train_spec **out, qn_decode_error *err)
+{
+    enum { T_X, T_Y, T_LOSS, T_OPT, T_SCHED, T_EPOCHS, T_BS, T_SHUFFLE, T_SEED, T_XV, T_YV, T_ES, T_INIT, T_N };
+    static const char *const n[T_N] = {"x", "y", "loss", "optimizer", "schedule", "epochs", "batch_size",
+                                       "shuffle", "seed", "x_val", "y_val", "early_stopping", "init"};
+    const msgpack_object *f[T_N];
+    int dup, rc;
+    *out = NULL;
+    map_collect(root, n, T_N, f, &dup);
+    if (dup >= 0) return set_err(err, QN_CODE_BAD_JOB, "%s: duplicate field", n[dup]);
+    qn_train_spec sp;
+    memset(&sp, 0, sizeof sp);
+    tensor_src tx, ty, txv = {0}, tyv = {0};
+    if (!f[T_X]) return set_err(err, QN_CODE_BAD_JOB, "x: missing (the inputs, [rows, in])");
+    if ((rc = tensor_parse(f[T_X], "x", &tx, err))) return rc;
+    if (!f[T_Y]) return set_err(err, QN_CODE_BAD_JOB, "y: missing (the targets)");
+    if ((rc = tensor_parse(f[T_Y], "y", &ty, err))) return rc;
+    if (ty.rows != tx.rows)
+        return set_err(err, QN_CODE_SHAPE_MISMATCH, "y has %lld rows, x has %lld", (long long)ty.rows, (long long)tx.rows);
+    const msgpack_object *xv = opt(f[T_XV]), *yv = opt(f[T_YV]);
+    if (!xv != !yv) return set_err(err, QN_CODE_BAD_JOB, "x_val and y_val: give both or neither");
+    if (xv) {
+        if ((rc = tensor_parse(xv, "x_val", &txv, err)) || (rc = tensor_parse(yv, "y_val", &tyv, err))) return rc;
+        if (txv.rows != tyv.rows)
+            return set_err(err, QN_CODE_SHAPE_MISMATCH, "y_val has %lld rows, x_val has %lld", (long long)tyv.rows,
+                           (long long)txv.rows);
+    }
+    if (!f[T_LOSS]) return set_err(err, QN_CODE_BAD_JOB, "loss: missing (\"mse\" or \"cross_entropy\")");
+    if (obj_is_str(f[T_LOSS], "mse")) sp.loss = QN_LOSS_MSE;
+    else if (obj_is_str(f[T_LOSS], "cross_entropy")) sp.loss = QN_LOSS_CROSS_ENTROPY;
+    else return set_err(err, QN_CODE_BAD_JOB, "loss: must be \"mse\" or \"cross_entropy\"");
+    if ((rc = decode_opt(opt(f[T_OPT]), &sp.opt, err))) return rc;
+    if ((rc = decode_sched(f[T_SCHED], &sp.sched, err))) return rc;
+    if (!opt(f[T_EPOCHS])) return set_err(err, QN_CODE_BAD_JOB, "epochs: missing");
+    if ((rc = sub_int(f[T_EPOCHS], "epochs", 1, &sp.epochs, err))) return rc;
+    if (!opt(f[T_BS])) return set_err(err, QN_CODE_BAD_JOB, "batch_size: missing");
+    if ((rc = sub_int(f[T_BS], "batch_size", 1, &sp.batch_size, err))) return rc;
+    if (sp.batch_size > tx.rows)
+        return set_err(err, QN_CODE_BAD_JOB, "batch_size: %lld is more than the %lld rows of x", (long long)sp.batch_size,
+                       (long long)tx.rows);
+    sp.shuffle = true;
+    if ((rc = sub_bool(f[T_SHUFFLE], "shuffle", &sp.shuffle, err))) return rc;
+    int64_t seed = 0;
+    if ((rc = sub_int(f[T_SEED], "seed", INT64_MIN, &seed, err))) return rc;
+    sp.seed = (uint64_t)seed;
+    const msgpack_object *es = opt(f[T_ES]);
+    if (es) {
+        if (es->type != MSGPACK_OBJECT_MAP) return set_err(err, QN_CODE_BAD_JOB, "early_stopping: must be a map");
+        static const char *const en[] = {"patience", "min_delta"};
+        const msgpack_object *ef[2];
+        map_collect(es, en, 2, ef, &dup);
+        sp.es_patience = 1;
+        if (!opt(ef[0])) return set_err(err, QN_CODE_BAD_JOB, "early_stopping.patience: missing");
+        if ((rc = sub_int(ef[0], "early_stopping.patience", 1, &sp.es_patience, err)) ||
+            (rc = sub_num(ef[1], "early_stopping.min_delta", &sp.es_min_delta, err)))
+            return rc;
+        if (sp.es_min_delta < 0) return set_err(err, QN_CODE_BAD_JOB, "early_stopping.min_delta: must be >= 0");
+        sp.early_stopping = true;
+    }
+    if (opt(f[T_INIT]) && (rc = decode_init(f[T_INIT], &sp, err))) return rc;
+
+    /* one block: the spec, then x, y, x_val, y_val, each 64-byte aligned */
+    size_t hdr = (sizeof sp + 63) & ~(size_t)63;
+    size_t nx = (size_t)(tx.rows * tx.cols), ny = (size_t)(ty.rows * ty.cols);
+    size_t nxv = (size_t)(txv.rows * txv.cols), nyv = (size_t)(tyv.rows * tyv.cols);
+    size_t a = 16; /* floats per 64 bytes */
+    size_t total = hdr + 4 * (((nx + a - 1) / a + (ny + a - 1) / a + (nxv + a - 1) / a + (nyv + a - 1) / a) * a);
+    char *blk = aligned_alloc(64, (total + 63) & ~(size_t)63);
+    if (!blk) return QN_ENOMEM;
+    float *p = (float *)(blk + hdr);
+    sp.x = p; p += (nx + a - 1) / a * a;
+    sp.y = p; p += (ny + a - 1) / a * a;
+    sp.rows = tx.rows; sp.x_cols = tx.cols; sp.y_cols = ty.cols;
+    tensor_fill(&tx, sp.x);
+    tensor_fill(&ty, sp.y);
+    if (xv) {
+        sp.xv = p; p += (nxv + a - 1) / a * a;
+        sp.yv = p;
+        sp.val_rows = txv.rows; sp.xv_cols = txv.cols; sp.yv_cols = tyv.cols;
+        tensor_fill(&txv, sp.xv);
+        tensor_fill(&tyv, sp.yv);
+    }
+    memcpy(blk, &sp, sizeof sp);
+    *out = (qn_train_spec *)blk;
+    return 0;
+}
+
+int qn_job_encode_train(const char *id_str, int64_t id_int, const char *model, int64_t version,
+                        const qn_train_spec *sp, qn_buf *out)
+{
+    if (!model || !sp || !out || sp->rows < 1 || !sp->x || !sp->y) return QN_EINVAL;
+    if (!tensor_size_ok(sp->rows, sp->x_cols) || !tensor_size_ok(sp->rows, sp->y_cols)) return QN_ETOOLARGE;
+    size_t start = out->len;
+    if (buf_reserve(out, 1024 + (size_t)(sp->rows * (sp->x_cols + sp->y_cols)) * 4 +
+                             (size_t)(sp->val_rows * (sp->xv_cols + sp->yv_cols)) * 4))
+        return QN_ENOMEM;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, pk_write);
+    const qn_opt_spec *o = &sp->opt;
+    const qn_sched_spec *s = &sp->sched;
+    uint32_t nf = 12 + (version > 0) + (sp->sched.kind != QN_SCHED_CONSTANT) + (sp->val_rows ? 2 : 0) +
+                  sp->early_stopping + sp->has_init;
+    int e = msgpack_pack_map(&pk, nf);
+    e = e || pk_str(&pk, "v") || msgpack_pack_int64(&pk, 1);
+    e = e || pk_str(&pk, "id") || (id_str ? pk_str(&pk, id_str) : msgpack_pack_int64(&pk, id_int));
+    e = e || pk_str(&pk, "type") || pk_str(&pk, "train");
+    e = e || pk_str(&pk, "model") || pk_str(&pk, model);
+    if (version > 0) e = e || pk_str(&pk, "version") || msgpack_pack_int64(&pk, version);
+    e = e || pk_str(&pk, "x") || pk_tensor(&pk, sp->x, sp->rows, sp->x_cols);
+    e = e || pk_str(&pk, "y") || pk_tensor(&pk, sp->y, sp->rows, sp->y_cols);
+    e = e || pk_str(&pk, "loss") || pk_str(&pk, qn_loss_name(sp->loss));
+    /* every optimizer field, torch's defaults included: explicit is unambiguous */
+    e = e || pk_str(&pk, "optimizer") || msgpack_pack_map(&pk, 11);
+    e = e || pk_str(&pk, "name") || pk_str(&pk, qn_opt_name(o->kind)) || pk_kv_double(&pk, "lr", o->lr);
+    e = e || pk_kv_double(&pk, "momentum", o->momentum) || pk_kv_double(&pk, "dampening", o->dampening);
+    e = e || pk_str(&pk, "nesterov") || (o->nesterov ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk));
+    e = e || pk_kv_double(&pk, "weight_decay", o->weight_decay) || pk_kv_double(&pk, "beta1", o->beta1);
+    e = e || pk_kv_double(&pk, "beta2", o->beta2) || pk_kv_double(&pk, "eps", o->eps);
+    e = e || pk_kv_double(&pk, "alpha", o->alpha);
+    e = e || pk_str(&pk, "centered") || (o->centered ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk));
+    if (s->kind != QN_SCHED_CONSTANT) {
+        e = e || pk_str(&pk, "schedule");
+        switch (s->kind) {
+        case QN_SCHED_EXPONENTIAL:
+            e = e || msgpack_pack_map(&pk, 4) || pk_str(&pk, "name") || pk_str(&pk, "exponential");
+            e = e || pk_str(&pk, "decay_steps") || msgpack_pack_int64(&pk, s->decay_steps);
+            e = e || pk_kv_double(&pk, "decay_rate", s->decay_rate);
+            e = e || pk_str(&pk, "staircase") || (s->staircase ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk));
+            break;
+        case QN_SCHED_STEP:
+            e = e || msgpack_pack_map(&pk, 3) || pk_str(&pk, "name") || pk_str(&pk, "step");
+            e = e || pk_str(&pk, "step_size") || msgpack_pack_int64(&pk, s->step_size);
+            e = e || pk_kv_double(&pk, "gamma", s->gamma);
+            break;
+        case QN_SCHED_COSINE:
+            e = e || msgpack_pack_map(&pk, 3) || pk_str(&pk, "name") || pk_str(&pk, "cosine");
+            e = e || pk_str(&pk, "t_max") || msgpack_pack_int64(&pk, s->t_max);
+            e = e || pk_kv_double(&pk, "eta_min", s->eta_min);
+            break;
+        default:
+            e = e || msgpack_pack_map(&pk, 6) || pk_str(&pk, "name") || pk_str(&pk, "plateau");
+            e = e || pk_kv_double(&pk, "factor", s->factor) || pk_kv_double(&pk, "threshold", s->threshold);
+            e = e || pk_kv_double(&pk, "min_lr", s->min_lr);
+            e = e || pk_str(&pk, "patience") || msgpack_pack_int64(&pk, s->patience);
+            e = e || pk_str(&pk, "cooldown") || msgpack_pack_int64(&pk, s->cooldown);
+            break;
+        }
+    }
+    e = e || pk_str(&pk, "epochs") || msgpack_pack_int64(&pk, sp->epochs);
+    e = e || pk_str(&pk, "batch_size") || msgpack_pack_int64(&pk, sp->batch_size);
+    e = e || pk_str(&pk, "shuffle") || (sp->shuffle ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk));
+    e = e || pk_str(&pk, "seed") || msgpack_pack_int64(&pk, (int64_t)sp->seed);
+    if (sp->val_rows) {
+        e = e || pk_str(&pk, "x_val") || pk_tensor(&pk, sp->xv, sp->val_rows, sp->xv_cols);
+        e = e || pk_str(&pk, "y_val") || pk_tensor(&pk, sp->yv, sp->val_rows, sp->yv_cols);
+    }
+    if (sp->early_stopping) {
+        e = e || pk_str(&pk, "early_stopping") || msgpack_pack_map(&pk, 2);
+        e = e || pk_str(&pk, "patience") || msgpack_pack_int64(&pk, sp->es_patience);
+        e = e || pk_kv_double(&pk, "min_delta", sp->es_min_delta);
+    }
+    if (sp->has_init) {
+        e = e || pk_str(&pk, "init") || msgpack_pack_map(&pk, 3);
+        e = e || pk_str(&pk, "input_dim") || msgpack_pack_int64(&pk, sp->init_in);
+        e = e || pk_str(&pk, "seed") || msgpack_pack_int64(&pk, (int64_t)sp->init_seed);
+        e = e || pk_str(&pk, "layers") || msgpack_pack_array(&pk, (size_t)sp->init_n);
+        for (int i = 0; i < sp->init_n && !e; i++) {
+            e = msgpack_pack_map(&pk, 2) || pk_str(&pk, "units") || msgpack_pack_int64(&pk, sp->init_units[i]);
+            e = e || pk_str(&pk, "activation") || pk_str(&pk, qn_act_name(sp->init_acts[i]));
+        }
+    }
+    if (e) {
+        out->len = start;
+        return QN_ENOMEM;
+    }
+    return 0;
 }

@@ -30,6 +30,7 @@ typedef enum {
     QN_CODE_OVERLOADED,
     QN_CODE_EXPIRED,
     QN_CODE_INTERNAL,
+    QN_CODE_DIVERGED,       /* a train job's loss or weights went NaN/inf */
     QN_CODE_COUNT
 } qn_code;
 
@@ -84,10 +85,22 @@ typedef struct qn_job {
     bool cache_key_valid;
 
     qn_origin origin;
-    void *train;                /* train job body (later issue); NULL for predict */
+    struct qn_train_spec *train; /* train job body (train.h), owned; NULL for predict */
 } qn_job;
 
 typedef enum { QN_RESULT_FINAL = 0, QN_RESULT_PROGRESS = 1 } qn_result_type;
+
+/* What a train job's progress messages and final result add (NULL in
+ * predict results). Fields NAN or 0 are omitted on the wire. */
+typedef struct qn_train_report {
+    int64_t epoch, epochs, step;  /* progress: epoch (1-based) of epochs, optimizer steps so far */
+    double loss, lr;              /* progress: this epoch's running mean loss, the lr now */
+    double accuracy;              /* training accuracy (cross_entropy) or NAN */
+    double val_loss, val_accuracy; /* NAN without a validation set */
+    double rows_per_s;            /* progress */
+    bool stopped_early;           /* final: early stopping ended it */
+    bool repeated;                /* final: a redelivered job answered with its earlier version */
+} qn_train_report;
 
 typedef struct qn_result {
     qn_result_type type;
@@ -100,6 +113,13 @@ typedef struct qn_result {
     bool cached;
     qn_code code;           /* on anything but ok */
     const char *message;    /* on anything but ok; may be NULL */
+    const qn_train_report *train; /* train progress / final result fields; NULL otherwise */
+    /* Final results only: the job was stopped unfinished because the worker
+     * is shutting down (a train job interrupted by SIGTERM; nothing was
+     * written). A transport that can redeliver (Kafka) leaves the job
+     * uncommitted instead of answering, so another worker runs it; others
+     * send the result (status rejected, code overloaded) as usual. */
+    bool handed_back;
 } qn_result;
 
 /* Decode limits. */
@@ -173,7 +193,17 @@ typedef struct qn_result_view {
     char id_str[128];
     int64_t rows, cols;
     float *outputs; /* malloc'd, caller frees; NULL when absent */
+    /* train jobs: type "progress" or a final result's metrics */
+    bool progress;        /* type == "progress" */
+    bool has_train;       /* any of the fields below was present */
+    qn_train_report train; /* loss/accuracy/val_* from "metrics" in a final result */
 } qn_result_view;
+
+/* Appends the msgpack encoding of a train job built from spec (the CLI and
+ * tests). model_name required; version 0: latest. QN_EINVAL / QN_ENOMEM. */
+struct qn_train_spec;
+int qn_job_encode_train(const char *id_str, int64_t id_int, const char *model, int64_t version,
+                        const struct qn_train_spec *spec, qn_buf *out);
 int qn_result_decode(const void *buf, size_t len, qn_result_view *out);
 
 #endif

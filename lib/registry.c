@@ -706,3 +706,5 @@ void qn_registry_close(qn_registry **pr)
     free(r);
     *pr = NULL;
 }
+
+const char *qn_registry_dir(const qn_registry *r) { return r->dir; }

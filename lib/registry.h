@@ -46,6 +46,10 @@ int qn_registry_get(qn_registry *r, const char *name, int64_t version, qn_model 
 void qn_registry_each_name(qn_registry *r, void (*fn)(void *ud, const char *name, int64_t latest),
                            void *ud);
 
+/* The repository directory (train jobs write new versions there). Valid
+ * while the registry is open. */
+const char *qn_registry_dir(const qn_registry *r);
+
 /* True when name matches [A-Za-z0-9_.-]{1,64}. */
 int qn_model_name_valid(const char *name);
 

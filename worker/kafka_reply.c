@@ -286,6 +286,23 @@ void kt_complete(qn_job *job, const qn_result *res)
 
     job->origin.data = NULL;
     r->t_done = qn_now_ns();
+    if (res->handed_back) {
+        /* Stopped unfinished by shutdown (a train job): no answer, and the
+         * offset stays uncommitted, so the next worker of the group runs it. */
+        QN_LOGI("kafka", "job at %s[%" PRId32 "]@%" PRId64 " handed back unfinished: left uncommitted for "
+                "redelivery", t->topic, r->part->partition, r->offset);
+        r->failed = true;
+        r->deliveries = 0;
+        if (tl_owner == t) {
+            kt_finish(t, r);
+        } else {
+            handoff *h = calloc(1, sizeof *h);
+            QN_ASSERT(h);
+            h->r = r;
+            handoff_push(t, h);
+        }
+        return;
+    }
     bool sync = tl_rec == r; /* answered inside admission: the raw message is at hand */
     bool dlq = sync && res->status == QN_STATUS_ERROR && is_dlq_code(res->code);
     r->deliveries = (addressable ? 1 : 0) + (dlq ? 1 : 0);

@@ -83,6 +83,9 @@ static void usage(FILE *f)
         "  --max-message-bytes N    larger jobs get too_large (default %u)\n"
         "  --direct-max-flops N     run models up to N FLOPs/row on the IO thread (default %d; 0: off)\n"
         "  --direct-idle-rows N     ... and a lone job of up to N rows when the worker is idle (default %d)\n"
+        "training:\n"
+        "  --train-queue N          train jobs waiting beside the running one; past it rejected (default 4; 0: refuse train jobs)\n"
+        "  --train-nice N           added niceness of the trainer thread (default 10)\n"
         "cache:\n"
         "  --cache-dir DIR          LMDB result cache directory\n"
         "  --cache-size MB          cache size, a hard bound on its file (default 1024; 0: no cache)\n"
@@ -113,6 +116,7 @@ enum {
     OPT_MAXBATCH, OPT_MAXDELAY, OPT_QLIMIT, OPT_CACHEDIR, OPT_CACHESIZE, OPT_THREADS,
     OPT_DEVICE, OPT_BROKER, OPT_MAXMSG, OPT_POLL, OPT_DRAIN, OPT_DIRECT, OPT_BLAS, OPT_IDLE,
     OPT_ZCLIENT, OPT_ZHWM,
+    OPT_TRAINQ, OPT_TRAINNICE,
 };
 
 /* Returns 0, or 2 for a usage error (message printed). */
@@ -129,6 +133,8 @@ static int parse_args(int argc, char **argv, worker_opts *o)
         {"max-batch", required_argument, 0, OPT_MAXBATCH},
         {"max-delay-us", required_argument, 0, OPT_MAXDELAY},
         {"queue-limit", required_argument, 0, OPT_QLIMIT},
+        {"train-queue", required_argument, 0, OPT_TRAINQ},
+        {"train-nice", required_argument, 0, OPT_TRAINNICE},
         {"cache-dir", required_argument, 0, OPT_CACHEDIR},
         {"cache-size", required_argument, 0, OPT_CACHESIZE},
         {"threads", required_argument, 0, OPT_THREADS},
@@ -189,6 +195,14 @@ static int parse_args(int argc, char **argv, worker_opts *o)
         case OPT_QLIMIT:
             if (parse_long("--queue-limit", optarg, 1, 1L << 30, &v)) return 2;
             o->core.batch.queue_limit_rows = v;
+            break;
+        case OPT_TRAINQ:
+            if (parse_long("--train-queue", optarg, 0, 1 << 20, &v)) return 2;
+            o->core.train_queue = (int)v;
+            break;
+        case OPT_TRAINNICE:
+            if (parse_long("--train-nice", optarg, 0, 19, &v)) return 2;
+            o->core.train_nice = (int)v;
             break;
         case OPT_CACHEDIR: o->cache_dir = optarg; break;
         case OPT_CACHESIZE:
