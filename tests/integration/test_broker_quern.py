@@ -169,7 +169,8 @@ def test_broker_restart_and_cli():
             wait_workers(c, "small", 1)
             b.proc.kill()
             b.proc.wait()
-            time.sleep(1.0)  # the worker notices the silence and starts backing off
+            w.wait_for(r"service 'small': broker silent for 3 heartbeats; reconnecting in 100 ms", 5)
+            time.sleep(0.5)
             b.start()
             c = Client(b.endpoint)
             wait_workers(c, "small", 1, 20)
