@@ -233,15 +233,15 @@ static void on_mmi(qn_broker *b, const qn_mdp_msg *m, int n)
 {
     const char *code;
     char num[24];
-    qn_mdp_frame *svcname = &(qn_mdp_frame){0};
+    qn_mdp_frame asked = {0}; /* the service the question is about */
     int has_body = m->body < n;
-    if (has_body) *svcname = (qn_mdp_frame){zmq_msg_data(&b->frames[m->body]), zmq_msg_size(&b->frames[m->body])};
+    if (has_body) asked = (qn_mdp_frame){zmq_msg_data(&b->frames[m->body]), zmq_msg_size(&b->frames[m->body])};
     int is_service = m->service.len == 11 && memcmp(m->service.data, "mmi.service", 11) == 0;
     int is_workers = m->service.len == 11 && memcmp(m->service.data, "mmi.workers", 11) == 0;
     if (!is_service && !is_workers) code = "501";
     else if (!has_body) code = "400";
     else {
-        qn_brk_service *s = qn_brk_service_find(b->t, svcname->data, svcname->len);
+        qn_brk_service *s = qn_brk_service_find(b->t, asked.data, asked.len);
         if (is_service) code = qn_brk_service_workers(s) > 0 ? "200" : "404";
         else {
             snprintf(num, sizeof num, "%d", qn_brk_service_workers(s));
