@@ -197,7 +197,7 @@ class Worker(threading.Thread):
             wake = self.next_hb
             if self.pending:
                 wake = min(wake, self.pending[0][0])
-            timeout = max(0.0, wake - time.time())
+            timeout = min(0.1, max(0.0, wake - time.time()))  # stop()/die() answered within 0.1 s
             if self.sock.poll(int(timeout * 1000) + 1):
                 frames = self.sock.recv_multipart()
                 self.liveness = 3
