@@ -227,6 +227,24 @@ static int forward_one(mt *t)
 
 /* ---- requests */
 
+static void answer_bad_body(svc_conn *s, zmq_msg_t *addr)
+{
+    qn_result res = {.type = QN_RESULT_FINAL, .status = QN_STATUS_ERROR, .code = QN_CODE_BAD_MESSAGE,
+                     .message = "a request to a quern worker carries one body frame: a msgpack job"};
+    qn_buf body = {0};
+    size_t alen = zmq_msg_size(addr);
+    reply_to *rt = malloc(sizeof *rt + alen);
+    if (rt && qn_result_encode(&res, &body) == 0) {
+        rt->addr_len = (uint32_t)alen;
+        memcpy(rt->addr, zmq_msg_data(addr), alen);
+        send_reply(s->sock, rt, &body);
+    } else {
+        QN_LOGE("mdp", "out of memory answering a malformed request");
+    }
+    qn_buf_free(&body);
+    free(rt);
+}
+
 /* Receives and handles one message on s. -1: none waiting (or s closed). */
 static int receive_one(mt *t, int idx)
 {
@@ -266,9 +284,13 @@ static int receive_one(mt *t, int idx)
         conn_close(t, s, "broker sent DISCONNECT");
         return -1;
     } else if (*cmd == CMD_REQUEST) {
-        if (n != 6 || zmq_msg_size(&f[4]) != 0 || zmq_msg_size(&f[3]) > ADDR_MAX) {
-            QN_LOGW("mdp", "service '%s': dropped a REQUEST without address, delimiter and one body frame",
-                    s->name);
+        if (n < 5 || zmq_msg_size(&f[4]) != 0 || zmq_msg_size(&f[3]) > ADDR_MAX) {
+            QN_LOGW("mdp", "service '%s': dropped a REQUEST without client address and delimiter", s->name);
+        } else if (n != 6) {
+            /* Addressable but not one body frame (a plain MDP client's
+             * request): answer it, or it would hold a unit of our credit at
+             * the broker for good. */
+            answer_bad_body(s, &f[3]);
         } else if (!atomic_load(&t->intake)) {
             /* Draining: not taken. The broker still counts it as ours and
              * gives it to another worker when our DISCONNECT arrives. */

@@ -198,10 +198,73 @@ def test_broker_restart_and_cli():
             b.proc.kill()
 
 
+def test_worker_against_a_hand_driven_broker():
+    """A ROUTER playing broker by hand: the worker's READY frames, its
+    heartbeats, malformed messages it must drop, a REQUEST answered with the
+    address echoed, a bad body answered bad_message, DISCONNECT -> a new
+    connection with READY again."""
+    import zmq
+    repo = make_repo({"small": MODELS["small"]})
+    ctx = zmq.Context.instance()
+    r = ctx.socket(zmq.ROUTER)
+    r.setsockopt(zmq.LINGER, 0)
+    port = r.bind_to_random_port("tcp://127.0.0.1")
+    ep = "tcp://127.0.0.1:%d" % port
+    with qworker(repo, ep, "--broker-credit", "7") as w:
+        assert r.poll(10000)
+        ready = r.recv_multipart()
+        wid = ready[0]
+        assert ready[1:] == [b"", b"MDPW01", b"\x01", b"small", b"credit=7"], ready
+        for bad in ([b"x"], [b"", b"MDPW01"], [b"", b"NOPE01", b"\x02"], [b"", b"MDPW01", b"\x09"],
+                    [b"", b"MDPW01", b"\x02", b"addr", b"notempty", b"body"], [b"", b"MDPW01", b"\x02", b"addr"],
+                    [b"", b"MDPW01", b"\x02\x02"]):
+            r.send_multipart([wid] + bad)
+        x = np.ones((1, 16), np.float32)
+        r.send_multipart([wid, b"", b"MDPW01", b"\x02", b"TOKEN-1", b"", msgpack.packb(predict_job("ok-1", "small", x),
+                                                                                   use_bin_type=True)])
+        r.send_multipart([wid, b"", b"MDPW01", b"\x02", b"TOKEN-2", b"", b"\xc1 not msgpack"])
+        # addressable but not one body frame (a plain MDP client): answered, so no credit leaks
+        r.send_multipart([wid, b"", b"MDPW01", b"\x02", b"TOKEN-3", b""])
+        r.send_multipart([wid, b"", b"MDPW01", b"\x02", b"TOKEN-4", b"", b"b1", b"b2"])
+        replies, heartbeats = {}, 0
+        deadline = time.time() + 10
+        while (len(replies) < 4 or heartbeats < 2) and time.time() < deadline:
+            if not r.poll(200):
+                continue
+            f = r.recv_multipart()
+            assert f[0] == wid and f[1:3] == [b"", b"MDPW01"], f
+            if f[3] == b"\x04":
+                heartbeats += 1
+            else:
+                assert f[3] == b"\x03" and f[5] == b"" and len(f) == 7, f
+                replies[f[4]] = msgpack.unpackb(f[6], raw=False)
+        assert heartbeats >= 2, heartbeats
+        assert replies[b"TOKEN-1"]["id"] == "ok-1" and replies[b"TOKEN-1"]["status"] == "ok", replies
+        np.testing.assert_allclose(outputs(replies[b"TOKEN-1"]), quern_model.forward(MODELS["small"][1], x),
+                                   rtol=2e-4, atol=2e-5)
+        for tok in (b"TOKEN-2", b"TOKEN-3", b"TOKEN-4"):
+            assert replies[tok]["status"] == "error" and replies[tok]["error"]["code"] == "bad_message", replies
+        w.wait_for(r"dropped a malformed message from the broker")
+        # DISCONNECT: the worker starts over on a new socket
+        r.send_multipart([wid, b"", b"MDPW01", b"\x05"])
+        deadline = time.time() + 10
+        again = None
+        while time.time() < deadline and again is None:
+            if r.poll(200):
+                f = r.recv_multipart()
+                if f[3:4] == [b"\x01"]:
+                    again = f
+        assert again is not None and again[0] != wid and again[4] == b"small", again
+        assert w.proc.poll() is None
+        assert w.stop() == 0
+    r.close()
+
+
 if __name__ == "__main__":
     r = Runner()
     r.run(test_answers_and_new_models)
     r.run(test_kill_9_of_a_quern_worker_loses_nothing)
     r.run(test_sigterm_answers_then_disconnects)
     r.run(test_broker_restart_and_cli)
+    r.run(test_worker_against_a_hand_driven_broker)
     r.done()
