@@ -30,7 +30,7 @@
 #include "tensor.h"
 
 #define BENCH_USAGE                                                                        \
-    "bench --zmq ENDPOINT --model NAME --cols C [--rows R] [--jobs N] [--window W] "         \
+    "bench (--zmq ENDPOINT | --broker ENDPOINT) --model NAME --cols C [--rows R] [--jobs N] [--window W] "         \
     "[--pool P] [--seed S] [--version V] [--warmup N] [--timeout-ms N] [--json]"
 
 static void bench_help(FILE *out)
@@ -40,6 +40,7 @@ static void bench_help(FILE *out)
             "Keeps W predict jobs of R x C random inputs in flight and reports jobs/s, rows/s,\n"
             "latency percentiles (microseconds, send to reply) and result statuses.\n\n"
             "  --zmq ENDPOINT   the server's ROUTER endpoint\n"
+            "  --broker ENDPOINT or: a quern-broker's endpoint (MDP client, the model as service)\n"
             "  --model NAME     model name sent in every job\n"
             "  --cols C         input columns (the model's input width)\n"
             "  --rows R         rows per job (default 1)\n"
@@ -114,6 +115,7 @@ typedef struct bench {
     counts c;
     int timeout_ms;
     uint64_t t_last_recv;
+    const char *mdp_service; /* --broker: MDP client framing with this service */
 } bench;
 
 /* Handles one reply payload; returns true when it answered one of ours. */
@@ -161,6 +163,19 @@ static int run_phase(bench *b, int64_t lo, int64_t hi, bool record)
             pooled *p = &b->pool[next % b->npool];
             patch_id(p, (uint64_t)next);
             b->sent_ns[next] = qn_now_ns();
+            /* MDP client frames first; once the first frame of a message is
+             * taken the rest are too (ZeroMQ queues whole messages) */
+            if (b->mdp_service) {
+                if (zmq_send(b->sock, "", 0, ZMQ_DONTWAIT | ZMQ_SNDMORE) < 0) {
+                    b->sent_ns[next] = 0;
+                    if (errno == EAGAIN || errno == EINTR) break;
+                    fprintf(stderr, "quern bench: send: %s\n", zmq_strerror(errno));
+                    rc = QN_EEXTERNAL;
+                    goto out;
+                }
+                zmq_send(b->sock, "MDPC01", 6, ZMQ_SNDMORE);
+                zmq_send(b->sock, b->mdp_service, strlen(b->mdp_service), ZMQ_SNDMORE);
+            }
             if (zmq_send(b->sock, p->buf.data, p->buf.len, ZMQ_DONTWAIT) < 0) {
                 b->sent_ns[next] = 0;
                 if (errno == EAGAIN || errno == EINTR) break;
@@ -248,9 +263,10 @@ static int bench_run(int argc, char **argv)
         {"pool", required_argument, NULL, 'p'},    {"seed", required_argument, NULL, 's'},
         {"version", required_argument, NULL, 'V'}, {"warmup", required_argument, NULL, 'u'},
         {"timeout-ms", required_argument, NULL, 't'}, {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"broker", required_argument, NULL, 'B'},  {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
-    const char *endpoint = NULL, *model = NULL;
+    const char *endpoint = NULL, *model = NULL, *broker = NULL;
     int64_t cols = 0, rows = 1, jobs = 100000, window = 64, npool = 256, seed = 1, version = 0,
             warmup = 1000, timeout_ms = 10000;
     bool json = false;
@@ -266,6 +282,7 @@ static int bench_run(int argc, char **argv)
         int64_t *dst = NULL, lo = 1, hi = INT32_MAX;
         switch (ch) {
         case 'z': endpoint = optarg; continue;
+        case 'B': broker = optarg; continue;
         case 'm': model = optarg; continue;
         case 'j': json = true; continue;
         case 'h': bench_help(stdout); return 0;
@@ -293,10 +310,14 @@ static int bench_run(int argc, char **argv)
         fprintf(stderr, "quern bench: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (!endpoint || !model || !cols) {
-        fprintf(stderr, "quern bench: --zmq, --model and --cols are required\n");
+    if (!endpoint == !broker || !model || !cols) {
+        fprintf(stderr, "quern bench: one of --zmq or --broker, and --model and --cols, are required\n");
         bench_help(stderr);
         return 2;
+    }
+    if (broker) {
+        endpoint = broker;
+        b.mdp_service = model;
     }
     if ((double)npool * (double)rows * (double)cols * 4.0 > 2e9) {
         fprintf(stderr, "quern bench: the input pool would take over 2 GB; lower --pool\n");

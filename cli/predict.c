@@ -30,7 +30,7 @@
 #include "tensor.h"
 
 #define PREDICT_USAGE                                                                         \
-    "predict (--zmq ENDPOINT | --kafka BROKERS [--topic T] [--reply-topic T] [-X key=value]...) " \
+    "predict (--zmq ENDPOINT | --broker ENDPOINT | --kafka BROKERS [--topic T] [--reply-topic T] [-X key=value]...) " \
     "--model NAME --input FILE [--version N] [--timeout-ms N] [--id ID] [--output FILE.npy] "      \
     "[--max-rows N]"
 #define MAX_X 64
@@ -41,6 +41,8 @@ static void predict_help(FILE *out)
             "usage: quern " PREDICT_USAGE "\n\n"
             "Sends one predict job and prints the result.\n\n"
             "  --zmq ENDPOINT   a quern-worker's --zmq-bind endpoint, e.g. tcp://127.0.0.1:5555\n"
+            "  --broker ENDPOINT or: a quern-broker's --bind endpoint (an MDP client: the\n"
+            "                   model name is the service)\n"
             "  --kafka BROKERS  or: Kafka bootstrap servers of workers' --kafka-brokers\n"
             "                   (a worker started with --kafka-brokers mock logs them)\n"
             "  --topic T        with --kafka: the job topic (default quern.jobs)\n"
@@ -178,8 +180,8 @@ static int recv_payload(void *sock, zmq_msg_t *payload)
 
 /* Sends the job to a worker's ROUTER and waits for its result into *a.
  * *t0 is set when the job is sent. 0 or 1 (the message already printed). */
-static int zmq_exchange(const char *endpoint, const qn_buf *msg, int64_t timeout_ms, awaited *a,
-                        uint64_t *t0)
+static int zmq_exchange(const char *endpoint, const char *mdp_service, const qn_buf *msg, int64_t timeout_ms,
+                        awaited *a, uint64_t *t0)
 {
     int ret = 1;
     void *ctx = zmq_ctx_new();
@@ -196,6 +198,13 @@ static int zmq_exchange(const char *endpoint, const qn_buf *msg, int64_t timeout
         goto out;
     }
     *t0 = qn_now_ns();
+    /* through a broker: MDP client framing (RFC 7), the model as service;
+     * the reply's last frame is the result either way */
+    if (mdp_service && (zmq_send(sock, "", 0, ZMQ_SNDMORE) < 0 || zmq_send(sock, "MDPC01", 6, ZMQ_SNDMORE) < 0 ||
+                        zmq_send(sock, mdp_service, strlen(mdp_service), ZMQ_SNDMORE) < 0)) {
+        fprintf(stderr, "quern predict: cannot send to %s: %s\n", endpoint, zmq_strerror(errno));
+        goto out;
+    }
     if (zmq_send(sock, msg->data, msg->len, 0) < 0) {
         fprintf(stderr, "quern predict: cannot send to %s: %s\n", endpoint, zmq_strerror(errno));
         goto out;
@@ -264,9 +273,10 @@ static int predict_run(int argc, char **argv)
         {"output", required_argument, NULL, 'o'},     {"max-rows", required_argument, NULL, 'r'},
         {"kafka", required_argument, NULL, 'k'},      {"topic", required_argument, NULL, 'T'},
         {"reply-topic", required_argument, NULL, 'R'}, {"help", no_argument, NULL, 'h'},
+        {"broker", required_argument, NULL, 'B'},
         {NULL, 0, NULL, 0},
     };
-    const char *endpoint = NULL, *brokers = NULL, *topic = NULL, *reply_topic = NULL;
+    const char *endpoint = NULL, *brokers = NULL, *topic = NULL, *reply_topic = NULL, *mdp = NULL;
     const char *model = NULL, *input = NULL, *id_arg = NULL, *output = NULL;
     const char *props[MAX_X];
     int nprops = 0;
@@ -282,6 +292,7 @@ static int predict_run(int argc, char **argv)
     while ((ch = getopt_long(argc, argv, "hX:", opts, NULL)) != -1) {
         switch (ch) {
         case 'z': endpoint = optarg; break;
+        case 'B': mdp = optarg; break;
         case 'k': brokers = optarg; break;
         case 'T': topic = optarg; break;
         case 'R': reply_topic = optarg; break;
@@ -325,13 +336,13 @@ static int predict_run(int argc, char **argv)
         fprintf(stderr, "quern predict: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (!endpoint == !brokers || !model || !input) {
-        fprintf(stderr, "quern predict: one of --zmq or --kafka, and --model and --input, are required\n");
+    if ((endpoint != NULL) + (brokers != NULL) + (mdp != NULL) != 1 || !model || !input) {
+        fprintf(stderr, "quern predict: one of --zmq, --broker or --kafka, and --model and --input, are required\n");
         predict_help(stderr);
         return 2;
     }
-    if (endpoint && (topic || reply_topic || nprops)) {
-        fprintf(stderr, "quern predict: --topic, --reply-topic and -X go with --kafka, not --zmq\n");
+    if ((endpoint || mdp) && (topic || reply_topic || nprops)) {
+        fprintf(stderr, "quern predict: --topic, --reply-topic and -X go with --kafka, not --zmq or --broker\n");
         return 2;
     }
     if ((topic && !*topic) || (reply_topic && !*reply_topic)) {
@@ -366,8 +377,8 @@ static int predict_run(int argc, char **argv)
     }
 
     uint64_t t0 = 0;
-    if (endpoint) {
-        ret = zmq_exchange(endpoint, &msg, timeout_ms, &a, &t0);
+    if (endpoint || mdp) {
+        ret = zmq_exchange(endpoint ? endpoint : mdp, endpoint ? NULL : model, &msg, timeout_ms, &a, &t0);
     } else {
         /* the key is the id as text, as the worker keys its result */
         if (!a.id_str) snprintf(key, sizeof key, "%" PRId64, a.id_int);

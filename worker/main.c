@@ -23,6 +23,7 @@
 #include "transport.h"
 #include "zmq_transport.h"
 #include "kafka_transport.h"
+#include "mdp_transport.h"
 
 #define MAX_TRANSPORTS 4
 
@@ -49,6 +50,8 @@ typedef struct worker_opts {
     long cache_size_mb;
     const char *device;
     const char *broker;
+    int broker_credit;       /* 0: --max-batch */
+    int broker_heartbeat_ms;
     int poll_ms;
     int drain_timeout_ms;
     int blas_threads;
@@ -67,6 +70,8 @@ static void usage(FILE *f)
         "  --zmq-sndhwm N           replies queued to a ZeroMQ client that does not read; past it dropped (default %d)\n"
         "  --kafka-brokers LIST     consume jobs from Kafka ('mock' starts an embedded cluster)\n"
         "  --broker ENDPOINT        serve through a quern-broker (MDP worker per model)\n"
+        "  --broker-credit N        requests held at once per model (default: --max-batch)\n"
+        "  --broker-heartbeat-ms N  MDP heartbeat, as the broker's --heartbeat-ms (default 2500)\n"
         "kafka:\n"
         "  --kafka-topic T          job topic (default quern.jobs)\n"
         "  --kafka-group G          consumer group (default quern)\n"
@@ -117,6 +122,7 @@ enum {
     OPT_DEVICE, OPT_BROKER, OPT_MAXMSG, OPT_POLL, OPT_DRAIN, OPT_DIRECT, OPT_BLAS, OPT_IDLE,
     OPT_ZCLIENT, OPT_ZHWM,
     OPT_TRAINQ, OPT_TRAINNICE,
+    OPT_BCREDIT, OPT_BHB,
 };
 
 /* Returns 0, or 2 for a usage error (message printed). */
@@ -140,6 +146,8 @@ static int parse_args(int argc, char **argv, worker_opts *o)
         {"threads", required_argument, 0, OPT_THREADS},
         {"device", required_argument, 0, OPT_DEVICE},
         {"broker", required_argument, 0, OPT_BROKER},
+        {"broker-credit", required_argument, 0, OPT_BCREDIT},
+        {"broker-heartbeat-ms", required_argument, 0, OPT_BHB},
         {"max-message-bytes", required_argument, 0, OPT_MAXMSG},
         {"poll-ms", required_argument, 0, OPT_POLL},
         {"drain-timeout-ms", required_argument, 0, OPT_DRAIN},
@@ -162,6 +170,7 @@ static int parse_args(int argc, char **argv, worker_opts *o)
     o->poll_ms = 500;
     o->drain_timeout_ms = 30000;
     o->blas_threads = 1;
+    o->broker_heartbeat_ms = 2500;
     o->core.threads = 0; /* auto: one per core */
     o->cache_size_mb = 1024;
     long v;
@@ -221,6 +230,14 @@ static int parse_args(int argc, char **argv, worker_opts *o)
             o->device = optarg;
             break;
         case OPT_BROKER: o->broker = optarg; break;
+        case OPT_BCREDIT:
+            if (parse_long("--broker-credit", optarg, 1, 65536, &v)) return 2;
+            o->broker_credit = (int)v;
+            break;
+        case OPT_BHB:
+            if (parse_long("--broker-heartbeat-ms", optarg, 10, 3600000, &v)) return 2;
+            o->broker_heartbeat_ms = (int)v;
+            break;
         case OPT_MAXMSG:
             if (parse_long("--max-message-bytes", optarg, 64, 1L << 31, &v)) return 2;
             o->core.limits.max_message_bytes = (size_t)v;
@@ -282,10 +299,6 @@ static int parse_args(int argc, char **argv, worker_opts *o)
 /* Parts that later issues add. Refused clearly rather than ignored. */
 static int refuse_unbuilt(const worker_opts *o)
 {
-    if (o->broker) {
-        fprintf(stderr, "quern-worker: the MDP broker transport is not built yet (--broker)\n");
-        return 2;
-    }
     if (strcmp(o->device, "cuda") == 0) {
         fprintf(stderr, "quern-worker: the CUDA backend is not built yet (--device cuda)\n");
         return 2;
@@ -408,6 +421,14 @@ int main(int argc, char **argv)
                             .dlq_topic = o.dlq_topic, .x = o.x_conf, .nx = o.nx,
                             .limits = o.core.limits};
         if (qn_kafka_transport_create(&ko, core, &ts[nt])) goto out;
+        nt++;
+    }
+    if (o.broker) {
+        /* credit: a full batch per model, so the broker can feed the batcher */
+        int64_t credit = o.broker_credit ? o.broker_credit : o.core.batch.max_batch_rows;
+        qn_mdp_opts mo = {.endpoint = o.broker, .credit = (int)(credit < 65536 ? credit : 65536),
+                          .heartbeat_ms = o.broker_heartbeat_ms, .rescan_ms = o.poll_ms < 1000 ? o.poll_ms : 1000};
+        if (qn_mdp_transport_create(zctx, &mo, core, reg, &ts[nt])) goto out;
         nt++;
     }
     for (int i = 0; i < nt; i++)
