@@ -416,7 +416,7 @@ static void bench_csr_small(const double *dens, int nd)
                     group_add(&g, name[v + 1], run_fwd, &c[v]);
                 }
                 spmm_ctx sb = {.a = {.rows = rows, .in = in, .out = out, .indptr = indptr, .indices = idx, .vf = vf,
-                                     .x = x, .xt = xt, .y = y}, .fn = blocked};
+                                     .x = x, .xt = xt, .y = y, .o_end = out}, .fn = blocked};
                 snprintf(name[3], sizeof name[3], "blocked_f32 d=%.2f", dens[di]);
                 group_add(&g, name[3], run_spmm, &sb);
                 spmm_ctx sg = sb;

@@ -4,7 +4,7 @@
  * Why not vpmaddubsw: it sums two u8·s8 products into a saturating int16,
  * and 255·127·2 = 64770 does not fit, so with full-range u8 activations it
  * silently clips. Instead both operands are widened to int16 (activations
- * once per row, weights with vpmovsxbw as they are loaded) and vpmaddwd sums
+ * once per row, by the driver, weights with vpmovsxbw as they are loaded) and vpmaddwd sums
  * pairs of int16 products into int32 exactly, so the sums equal the other
  * paths' bit for bit. One 64-byte panel block (16 outputs x 4 k) becomes four
  * ymm of 4 outputs x 4 k; vpmaddwd leaves two partial sums per output, which
@@ -62,7 +62,7 @@ static inline __attribute__((always_inline)) void kern(const qn_i8_args *a, int6
             const __m256 bs = _mm256_loadu_ps(a->bias + o0 + h * 8);
             __m256i c = _mm256_sub_epi32(s, _mm256_mullo_epi32(zp, cs));
             __m256 f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c), _mm256_mul_ps(xs, ws), bs);
-            if (a->relu) f = _mm256_max_ps(f, _mm256_setzero_ps());
+            if (a->relu) f = _mm256_max_ps(_mm256_setzero_ps(), f); /* NaN stays: max returns its second operand */
             _mm256_storeu_ps(dst + h * 8, f);
         }
         if (dst == tmp) memcpy(a->y + (r0 + r) * a->ldy + o0, tmp, (size_t)n * sizeof(float));
@@ -74,12 +74,8 @@ static void kern_2(const qn_i8_args *a, int64_t r0, int64_t p) { kern(a, r0, p, 
 
 void qn_i8_gemm_avx2(const qn_i8_args *a)
 {
-    /* widen the activations once; each is then reused by every panel */
-    for (int64_t r = 0; r < a->rows; r++) {
-        const uint8_t *src = a->xq + r * a->ldq;
-        int16_t *dst = a->xq16 + r * a->ldq;
-        for (int64_t k = 0; k < a->in4; k++) dst[k] = src[k];
-    }
+    /* the activations were widened to int16 once by the driver (quant.c),
+     * so that every panel (and intra-op chunk) reuses them */
     const int64_t npan = (a->out + QN_PANEL - 1) / QN_PANEL;
     for (int64_t p = 0; p < npan; p++)
         for (int64_t r0 = 0; r0 < a->rows; r0 += MR_MAX) {

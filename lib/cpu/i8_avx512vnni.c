@@ -65,7 +65,7 @@ static inline __attribute__((always_inline)) void kern(const qn_i8_args *a, int6
         for (int r = 0; r < MR; r++) {
             __m512i c = _mm512_sub_epi32(acc[r][v], _mm512_mullo_epi32(_mm512_set1_epi32(a->zp[r0 + r]), cs));
             __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(_mm512_set1_ps(a->xs[r0 + r]), ws), bs);
-            if (a->relu) f = _mm512_max_ps(f, _mm512_setzero_ps());
+            if (a->relu) f = _mm512_max_ps(_mm512_setzero_ps(), f); /* NaN stays: max returns its second operand */
             _mm512_mask_storeu_ps(a->y + (r0 + r) * a->ldy + o0, m, f);
         }
     }
