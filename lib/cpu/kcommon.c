@@ -3,6 +3,7 @@
  * split. It must never call a kernel or a driver: they call it. */
 #include "cpu/kcommon.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,10 +60,18 @@ int64_t qn_nonfinite_cols(const float *x, int64_t n, int32_t *cols)
     return m;
 }
 
+static _Atomic int64_t g_split_min_bytes = QN_KERNEL_SPLIT_MIN_BYTES;
+
+void qn_kernel_set_split_min_bytes(int64_t bytes)
+{
+    atomic_store(&g_split_min_bytes, bytes > 0 ? bytes : QN_KERNEL_SPLIT_MIN_BYTES);
+}
+
 int qn_kernel_split_wins(int64_t rows, int64_t wbytes)
 {
     if (rows < 1 || rows > QN_KERNEL_SPLIT_MAX_ROWS || wbytes < 1) return 0;
-    return wbytes >= (QN_KERNEL_SPLIT_MIN_BYTES + rows - 1) / rows;
+    const int64_t min = atomic_load_explicit(&g_split_min_bytes, memory_order_relaxed);
+    return wbytes >= (min + rows - 1) / rows;
 }
 
 typedef struct {

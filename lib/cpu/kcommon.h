@@ -76,5 +76,9 @@ void qn_kernel_split_panels(qn_cpu_pool *pool, int64_t npanels, int64_t min_per,
 #define QN_KERNEL_SPLIT_MAX_ROWS 4
 #define QN_KERNEL_SPLIT_MIN_BYTES (1024 * 1024)
 int qn_kernel_split_wins(int64_t rows, int64_t wbytes);
+/* Replaces QN_KERNEL_SPLIT_MIN_BYTES (>= 1; 0 restores it) for the whole
+ * process, so that tests can force splits on small odd shapes and benches
+ * can time split against unsplit. Not for production use. */
+void qn_kernel_set_split_min_bytes(int64_t bytes);
 
 #endif

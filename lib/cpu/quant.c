@@ -11,6 +11,9 @@
  * intra-op pool (kcommon.h), as f32 layers' are. */
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "cpu/epilogue.h"
 #include "cpu/kcommon.h"
@@ -35,7 +38,37 @@ static int quantize_row(const float *x, int64_t n, uint8_t *q, float *scale, int
 {
     float mn = 0.0f, mx = 0.0f; /* the range always holds 0, so 0 is exact */
     uint32_t nonfinite = 0;
-    for (int64_t k = 0; k < n; k++) {
+    int64_t k = 0;
+#if defined(__SSE2__)
+    /* gcc keeps the `x < mn ? x : mn` reduction scalar (minss, one element
+     * per latency: 1.2 µs per 1024-wide row, a third of the int8 layer's
+     * time at large batches); min/max are exact, so four-lane partial
+     * reductions give the same range. NaN may land in a lane's min or max:
+     * such rows are flagged non-finite and never use the range. */
+    {
+        __m128 mn0 = _mm_setzero_ps(), mn1 = mn0, mx0 = mn0, mx1 = mn0;
+        const __m128i em = _mm_set1_epi32(0x7f800000);
+        __m128i nf = _mm_setzero_si128();
+        for (; k + 8 <= n; k += 8) {
+            const __m128 a = _mm_loadu_ps(x + k), b = _mm_loadu_ps(x + k + 4);
+            mn0 = _mm_min_ps(mn0, a);
+            mn1 = _mm_min_ps(mn1, b);
+            mx0 = _mm_max_ps(mx0, a);
+            mx1 = _mm_max_ps(mx1, b);
+            nf = _mm_or_si128(nf, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(a), em), em));
+            nf = _mm_or_si128(nf, _mm_cmpeq_epi32(_mm_and_si128(_mm_castps_si128(b), em), em));
+        }
+        float lo[4], hi[4];
+        _mm_storeu_ps(lo, _mm_min_ps(mn0, mn1));
+        _mm_storeu_ps(hi, _mm_max_ps(mx0, mx1));
+        for (int j = 0; j < 4; j++) {
+            mn = lo[j] < mn ? lo[j] : mn;
+            mx = hi[j] > mx ? hi[j] : mx;
+        }
+        nonfinite = _mm_movemask_epi8(nf) != 0;
+    }
+#endif
+    for (; k < n; k++) {
         uint32_t u;
         memcpy(&u, x + k, sizeof u);
         nonfinite |= (u & 0x7f800000u) == 0x7f800000u;
@@ -56,7 +89,27 @@ static int quantize_row(const float *x, int64_t n, uint8_t *q, float *scale, int
     float z = round_even(-mn * inv);
     z = z < 0.0f ? 0.0f : z > 255.0f ? 255.0f : z;
     const float lo = -z, hi = 255.0f - z;
-    for (int64_t k = 0; k < n; k++) {
+    k = 0;
+#if defined(__SSE2__)
+    /* the same operations as the scalar loop below, 16 at a time; the values
+     * are integers in [0, 255] by then, so the saturating packs are exact */
+    {
+        const __m128 vinv = _mm_set1_ps(inv), vlo = _mm_set1_ps(lo), vhi = _mm_set1_ps(hi),
+                     vz = _mm_set1_ps(z), magic = _mm_set1_ps(12582912.0f);
+        for (; k + 16 <= n; k += 16) {
+            __m128i v[4];
+            for (int j = 0; j < 4; j++) {
+                __m128 t = _mm_mul_ps(_mm_loadu_ps(x + k + 4 * j), vinv);
+                t = _mm_min_ps(_mm_max_ps(t, vlo), vhi);
+                t = _mm_add_ps(_mm_sub_ps(_mm_add_ps(t, magic), magic), vz);
+                v[j] = _mm_cvttps_epi32(t);
+            }
+            _mm_storeu_si128((__m128i *)(q + k),
+                             _mm_packus_epi16(_mm_packs_epi32(v[0], v[1]), _mm_packs_epi32(v[2], v[3])));
+        }
+    }
+#endif
+    for (; k < n; k++) {
         float t = x[k] * inv;
         t = t > lo ? t : lo;
         t = t < hi ? t : hi;
