@@ -44,6 +44,17 @@ typedef struct {
     int64_t ldy;
 } qn_i8_args;
 
+/* The int8 activation quantizer's two vector passes (quant.c, which keeps
+ * the scalar decisions between them and the baseline versions): range:
+ * mn = min(0, min x), mx = max(0, max x), returns 1 if x holds NaN/Inf
+ * (mn, mx then meaningless); apply: q[k] = round_even(clamp(x[k]·inv, lo,
+ * hi)) + z. Bit-identical to quant.c's on every path. avx2: AVX2 CPUs
+ * (the avx2 and avxvnni paths). */
+int qn_i8_range_avx512(const float *x, int64_t n, float *mn, float *mx);
+void qn_i8_apply_avx512(const float *x, int64_t n, float inv, float lo, float hi, float z, uint8_t *q);
+int qn_i8_range_avx2(const float *x, int64_t n, float *mn, float *mx);
+void qn_i8_apply_avx2(const float *x, int64_t n, float inv, float lo, float hi, float z, uint8_t *q);
+
 void qn_i8_gemm_portable(const qn_i8_args *a);
 void qn_i8_gemm_avx2(const qn_i8_args *a);
 void qn_i8_gemm_avxvnni(const qn_i8_args *a);

@@ -30,21 +30,21 @@ static inline float round_even(float v)
     return (v + magic) - magic;
 }
 
-/* qn_kernel_quantize_row, returning 1 when the row holds a NaN or an Inf
- * (then q = 0, scale 1, zp 0: defined, and the driver computes the row
- * apart, kcommon.h), else 0. The NaN/Inf test is an integer OR over the
- * exponent bits in the same pass as min/max (branch-free, vectorizes). */
-static int quantize_row(const float *x, int64_t n, uint8_t *q, float *scale, int32_t *zp)
+/* The two passes of the quantizer, baseline version (SSE2 where the target
+ * has it, else scalar): range() gives mn = min(0, min x), mx = max(0, max
+ * x) and returns 1 if x holds a NaN or an Inf (the range is then
+ * meaningless); apply() writes q[k] = round_even(clamp(x[k]·inv, lo, hi)) +
+ * z. i8_avx512vnni.c and i8_avx2.c have the same two with wider vectors:
+ * min/max are exact and apply is the same operations per element, so every
+ * path quantizes bit-identically. gcc keeps the `x < mn ? x : mn`
+ * reduction scalar (a minss chain: 1.2 µs per 1024-wide row, a third of the
+ * int8 layer's time at large batches), hence the explicit vectors. */
+static int range_base(const float *x, int64_t n, float *pmn, float *pmx)
 {
-    float mn = 0.0f, mx = 0.0f; /* the range always holds 0, so 0 is exact */
+    float mn = 0.0f, mx = 0.0f;
     uint32_t nonfinite = 0;
     int64_t k = 0;
 #if defined(__SSE2__)
-    /* gcc keeps the `x < mn ? x : mn` reduction scalar (minss, one element
-     * per latency: 1.2 µs per 1024-wide row, a third of the int8 layer's
-     * time at large batches); min/max are exact, so four-lane partial
-     * reductions give the same range. NaN may land in a lane's min or max:
-     * such rows are flagged non-finite and never use the range. */
     {
         __m128 mn0 = _mm_setzero_ps(), mn1 = mn0, mx0 = mn0, mx1 = mn0;
         const __m128i em = _mm_set1_epi32(0x7f800000);
@@ -75,38 +75,29 @@ static int quantize_row(const float *x, int64_t n, uint8_t *q, float *scale, int
         mn = x[k] < mn ? x[k] : mn;
         mx = x[k] > mx ? x[k] : mx;
     }
-    float s = (mx - mn) / 255.0f;
-    /* finite values so far apart that mx - mn overflows: the same scale
-     * without the overflow (rounds differently, but only here) */
-    if (!nonfinite && !(s < 3.0e38f)) s = mx / 255.0f - mn / 255.0f;
-    if (nonfinite || !(s > 0.0f)) { /* NaN/Inf in the row, or all zeros */
-        *scale = 1.0f;
-        *zp = 0;
-        memset(q, 0, (size_t)n);
-        return nonfinite != 0;
-    }
-    const float inv = 1.0f / s;
-    float z = round_even(-mn * inv);
-    z = z < 0.0f ? 0.0f : z > 255.0f ? 255.0f : z;
-    const float lo = -z, hi = 255.0f - z;
-    k = 0;
+    *pmn = mn;
+    *pmx = mx;
+    return nonfinite != 0;
+}
+
+static void apply_base(const float *x, int64_t n, float inv, float lo, float hi, float z, uint8_t *q)
+{
+    int64_t k = 0;
 #if defined(__SSE2__)
-    /* the same operations as the scalar loop below, 16 at a time; the values
-     * are integers in [0, 255] by then, so the saturating packs are exact */
-    {
-        const __m128 vinv = _mm_set1_ps(inv), vlo = _mm_set1_ps(lo), vhi = _mm_set1_ps(hi),
-                     vz = _mm_set1_ps(z), magic = _mm_set1_ps(12582912.0f);
-        for (; k + 16 <= n; k += 16) {
-            __m128i v[4];
-            for (int j = 0; j < 4; j++) {
-                __m128 t = _mm_mul_ps(_mm_loadu_ps(x + k + 4 * j), vinv);
-                t = _mm_min_ps(_mm_max_ps(t, vlo), vhi);
-                t = _mm_add_ps(_mm_sub_ps(_mm_add_ps(t, magic), magic), vz);
-                v[j] = _mm_cvttps_epi32(t);
-            }
-            _mm_storeu_si128((__m128i *)(q + k),
-                             _mm_packus_epi16(_mm_packs_epi32(v[0], v[1]), _mm_packs_epi32(v[2], v[3])));
+    /* 16 at a time; the values are integers in [0, 255] by the pack, so the
+     * saturating packs are exact */
+    const __m128 vinv = _mm_set1_ps(inv), vlo = _mm_set1_ps(lo), vhi = _mm_set1_ps(hi), vz = _mm_set1_ps(z),
+                 magic = _mm_set1_ps(12582912.0f);
+    for (; k + 16 <= n; k += 16) {
+        __m128i v[4];
+        for (int j = 0; j < 4; j++) {
+            __m128 t = _mm_mul_ps(_mm_loadu_ps(x + k + 4 * j), vinv);
+            t = _mm_min_ps(_mm_max_ps(t, vlo), vhi);
+            t = _mm_add_ps(_mm_sub_ps(_mm_add_ps(t, magic), magic), vz);
+            v[j] = _mm_cvttps_epi32(t);
         }
+        _mm_storeu_si128((__m128i *)(q + k),
+                         _mm_packus_epi16(_mm_packs_epi32(v[0], v[1]), _mm_packs_epi32(v[2], v[3])));
     }
 #endif
     for (; k < n; k++) {
@@ -115,6 +106,41 @@ static int quantize_row(const float *x, int64_t n, uint8_t *q, float *scale, int
         t = t < hi ? t : hi;
         q[k] = (uint8_t)(int32_t)(round_even(t) + z);
     }
+}
+
+/* qn_kernel_quantize_row with the path's passes, returning 1 when the row
+ * holds a NaN or an Inf (then q = 0, scale 1, zp 0: defined, and the driver
+ * computes the row apart, kcommon.h), else 0. */
+static int quantize_row(qn_kpath path, const float *x, int64_t n, uint8_t *q, float *scale, int32_t *zp)
+{
+    float mn, mx; /* the range always holds 0, so 0 is exact */
+    int nonfinite;
+    switch (path) {
+    case QN_KPATH_AVX512VNNI: nonfinite = qn_i8_range_avx512(x, n, &mn, &mx); break;
+    case QN_KPATH_AVXVNNI:
+    case QN_KPATH_AVX2: nonfinite = qn_i8_range_avx2(x, n, &mn, &mx); break;
+    default: nonfinite = range_base(x, n, &mn, &mx); break;
+    }
+    float s = (mx - mn) / 255.0f;
+    /* finite values so far apart that mx - mn overflows: the same scale
+     * without the overflow (rounds differently, but only here) */
+    if (!nonfinite && !(s < 3.0e38f)) s = mx / 255.0f - mn / 255.0f;
+    if (nonfinite || !(s > 0.0f)) { /* NaN/Inf in the row, or all zeros */
+        *scale = 1.0f;
+        *zp = 0;
+        memset(q, 0, (size_t)n);
+        return nonfinite;
+    }
+    const float inv = 1.0f / s;
+    float z = round_even(-mn * inv);
+    z = z < 0.0f ? 0.0f : z > 255.0f ? 255.0f : z;
+    const float lo = -z, hi = 255.0f - z;
+    switch (path) {
+    case QN_KPATH_AVX512VNNI: qn_i8_apply_avx512(x, n, inv, lo, hi, z, q); break;
+    case QN_KPATH_AVXVNNI:
+    case QN_KPATH_AVX2: qn_i8_apply_avx2(x, n, inv, lo, hi, z, q); break;
+    default: apply_base(x, n, inv, lo, hi, z, q); break;
+    }
     *scale = s;
     *zp = (int32_t)z;
     return 0;
@@ -122,7 +148,9 @@ static int quantize_row(const float *x, int64_t n, uint8_t *q, float *scale, int
 
 void qn_kernel_quantize_row(const float *x, int64_t n, uint8_t *q, float *scale, int32_t *zp)
 {
-    (void)quantize_row(x, n, q, scale, zp);
+    /* the portable passes: the compressor's report and the tests call this
+     * without a layer; every path quantizes the same anyway */
+    (void)quantize_row(QN_KPATH_PORTABLE, x, n, q, scale, zp);
 }
 
 int qn_i8_prepare(const qn_layer *l, qn_kpack *k)
@@ -198,7 +226,7 @@ int qn_i8_forward(const qn_layer *l, const qn_kpack *k, const float *x, int64_t 
     int nbad = 0;
     for (int64_t r = 0; r < rows; r++) {
         uint8_t *q = xq + r * ldq;
-        bad[r] = (unsigned char)quantize_row(x + r * in, in, q, &xs[r], &zp[r]);
+        bad[r] = (unsigned char)quantize_row(k->path, x + r * in, in, q, &xs[r], &zp[r]);
         nbad += bad[r];
         memset(q + in, 0, (size_t)(ldq - in)); /* padding meets zero weights; keep it defined */
     }

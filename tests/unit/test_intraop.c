@@ -353,9 +353,8 @@ TEST(kernels_split_bit_identical)
 
 /* The split really happens for compressed layers at the default threshold:
  * one row of the wide model's 1024 x 1024 layer, int8 / f16 / CSR int8 at
- * density 0.5, goes through the pool (a job is counted) and a spinning
- * helper takes chunks within a few tries; a 1024 -> 16 layer never splits.
- * Before, only f32 layers used the pool. */
+ * density 0.5, goes through the pool (each forward is a pool job); a
+ * 1024 -> 16 layer never does. Before, only f32 layers used the pool. */
 TEST(kernels_split_used)
 {
     static const qn_rep reps[] = {QN_REP_I8, QN_REP_F16, QN_REP_CSR_I8};
@@ -377,15 +376,12 @@ TEST(kernels_split_used)
         for (int it = 0; it < 20; it++) CHECK_EQ_INT(qn_kernel_layer_forward_pool(&small.l, x, 1, y, s, p), 0);
         qn_cpu_pool_stats(p, &jobs1, &helped1);
         CHECK_EQ_INT(jobs1, jobs0);
-        for (int it = 0; it < 200 && helped1 == helped0; it++) {
-            CHECK_EQ_INT(qn_kernel_layer_forward_pool(&big.l, x, 1, y, s, p), 0);
-            qn_cpu_pool_stats(p, &jobs1, &helped1);
-        }
-        if (jobs1 <= jobs0 || helped1 <= helped0)
-            fprintf(stderr, "rep %d: %lld split jobs, %lld chunks by the helper\n", (int)reps[ri],
-                    (long long)(jobs1 - jobs0), (long long)(helped1 - helped0));
-        CHECK(jobs1 > jobs0);
-        CHECK(helped1 > helped0);
+        for (int it = 0; it < 20; it++) CHECK_EQ_INT(qn_kernel_layer_forward_pool(&big.l, x, 1, y, s, p), 0);
+        qn_cpu_pool_stats(p, &jobs1, &helped1);
+        /* every forward went through the pool; whether the helper got a
+         * chunk of these short jobs depends on the scheduler of a busy
+         * machine (pool_helper_takes_chunks tests that the helper works) */
+        CHECK_EQ_INT(jobs1 - jobs0, 20);
         free(x), free(y);
         free_layer(&big), free_layer(&small);
     }
