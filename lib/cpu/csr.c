@@ -324,8 +324,8 @@ int qn_csr_forward(const qn_layer *l, const qn_kpack *k, const float *x, int64_t
     if (!a.xt) return QN_ENOMEM;
     const int64_t npan = k->out16 / QN_PANEL;
     /* Split where the packed (few-row) kernels run (and on the portable
-     * path). Their cost is per packed step, shared by the rows, so the rule
-     * ignores the row count and counts 16 bytes per nonzero (its value and
+     * path). Their cost is per packed step, shared by the rows; the rule
+     * (kcommon.h) counts 16 bytes per nonzero (its value and
      * index, the register permute, int8's widening): a split from 64K
      * nonzeros. bench_kernels --only intraop: at density 0.1 the 1024 x 1024
      * layer (105K nonzeros, 12-23 µs) won 1.15-1.7x at 1-2 rows, the
@@ -333,7 +333,7 @@ int qn_csr_forward(const qn_layer *l, const qn_kpack *k, const float *x, int64_t
     const int packed = k->path == QN_KPATH_PORTABLE ||
                        (k->csrp && rows < (k->path == QN_KPATH_AVX512VNNI ? QN_CSR_PACKED_BELOW_AVX512
                                                                            : QN_CSR_PACKED_BELOW_AVX2));
-    if (pool && packed && rows <= QN_KERNEL_SPLIT_MAX_ROWS && qn_kernel_split_wins(1, 16 * l->nnz))
+    if (pool && packed && qn_kernel_split_wins(rows, 16 * l->nnz))
         qn_kernel_split_panels(pool, npan, 2, spmm_panels, (void *)&a);
     else
         spmm_panels((void *)&a, 0, npan);

@@ -71,7 +71,7 @@ int qn_kernel_split_wins(int64_t rows, int64_t wbytes)
 {
     if (rows < 1 || rows > QN_KERNEL_SPLIT_MAX_ROWS || wbytes < 1) return 0;
     const int64_t min = atomic_load_explicit(&g_split_min_bytes, memory_order_relaxed);
-    return wbytes >= (min + rows - 1) / rows;
+    return wbytes >= min;
 }
 
 typedef struct {

@@ -68,11 +68,13 @@ typedef void (*qn_panel_fn)(void *arg, int64_t p_begin, int64_t p_end);
  * about 4 per thread, over pool (NULL: one call on the caller). Returns
  * when every chunk is done. */
 void qn_kernel_split_panels(qn_cpu_pool *pool, int64_t npanels, int64_t min_per, qn_panel_fn fn, void *arg);
-/* Whether a forward of rows rows over a layer whose single-row pass streams
- * wbytes bytes of weights is worth splitting: rows <= QN_KERNEL_SPLIT_MAX_ROWS
- * and rows·wbytes >= QN_KERNEL_SPLIT_MIN_BYTES (the f32 rule of dense.h,
- * 256K MACs at 4 bytes, in bytes: batch-1 passes are memory-bound, so the
- * time a split can save scales with the bytes streamed, not the MACs). */
+/* Whether a forward of rows rows over a layer whose pass streams wbytes
+ * bytes of weights is worth splitting: rows <= QN_KERNEL_SPLIT_MAX_ROWS and
+ * wbytes >= QN_KERNEL_SPLIT_MIN_BYTES, whatever the row count. Few-row
+ * passes are memory-bound: the weights stream once for all the rows, so the
+ * time a split can save scales with the bytes, not with rows·bytes (int8 and
+ * f16 1024 x 256 lost at 2 and 4 rows, 1024 x 1024 won: bench/notes/
+ * intraop.md). 1 MiB is the f32 rule's 256K MACs at 4 bytes. */
 #define QN_KERNEL_SPLIT_MAX_ROWS 4
 #define QN_KERNEL_SPLIT_MIN_BYTES (1024 * 1024)
 int qn_kernel_split_wins(int64_t rows, int64_t wbytes);

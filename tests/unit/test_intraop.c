@@ -230,6 +230,13 @@ TEST(split_wins)
     CHECK(qn_cpu_dense_split_wins(4, 256, 256));
     CHECK(!qn_cpu_dense_split_wins(0, 1024, 1024));
     CHECK(qn_cpu_dense_split_wins(4, INT32_MAX, INT32_MAX)); /* no overflow */
+    /* compressed layers: by weight bytes, whatever the rows (<= 4) */
+    CHECK(qn_kernel_split_wins(1, 1024 * 1024));      /* int8 1024 x 1024 */
+    CHECK(qn_kernel_split_wins(4, 2 * 1024 * 1024));  /* f16 1024 x 1024 */
+    CHECK(!qn_kernel_split_wins(4, 256 * 1024));      /* int8 1024 x 256 lost at 4 rows too */
+    CHECK(!qn_kernel_split_wins(2, 512 * 1024));      /* f16 1024 x 256 */
+    CHECK(!qn_kernel_split_wins(5, 1L << 30));        /* batches stay on one core */
+    CHECK(!qn_kernel_split_wins(0, 1L << 30));
 }
 
 /* ---- compressed layers (issue 9 item 8: the split served only f32) */
