@@ -11,10 +11,12 @@
  * shape are sampled in turn (interleaved). The machine is shared, so read
  * ratios within one group, not absolute numbers across runs.
  *
- * Usage: bench_kernels [--quick] [--only dense|csr|csr-small] [--samples N] [--sample-ms MS]
+ * Usage: bench_kernels [--quick] [--only dense|csr|csr-small|intraop] [--helpers N] [--samples N] [--sample-ms MS]
  *                      [--csr-batches 1,8,64,256] [--csr-dens 0.05,0.1,0.2,0.3]
  * (--only csr-small: 1024x1024 and 1024x256 at the --csr-dens densities and
- * --csr-batches batch sizes, packed vs blocked vs previous gather kernel.)
+ * --csr-batches batch sizes, packed vs blocked vs previous gather kernel;
+ * --only intraop: each representation at 1, 2, 4 rows, unsplit vs split over
+ * --helpers helper threads.)
  * Output: one line per measurement, "kernel layer batch us GFLOP/s ratio-vs-sgemm". */
 #include <cblas.h>
 #include <immintrin.h>
@@ -28,6 +30,8 @@
 #include <oneapi/dnnl/dnnl.h>
 #endif
 
+#include "cpu/dense.h"
+#include "cpu/kcommon.h"
 #include "cpu/kernels.h"
 #include "cpu/kernels_impl.h"
 #include "log.h"
@@ -416,7 +420,7 @@ static void bench_csr_small(const double *dens, int nd)
                     group_add(&g, name[v + 1], run_fwd, &c[v]);
                 }
                 spmm_ctx sb = {.a = {.rows = rows, .in = in, .out = out, .indptr = indptr, .indices = idx, .vf = vf,
-                                     .x = x, .xt = xt, .y = y}, .fn = blocked};
+                                     .x = x, .xt = xt, .y = y, .o_end = out}, .fn = blocked};
                 snprintf(name[3], sizeof name[3], "blocked_f32 d=%.2f", dens[di]);
                 group_add(&g, name[3], run_spmm, &sb);
                 spmm_ctx sg = sb;
@@ -439,6 +443,112 @@ static void bench_csr_small(const double *dens, int nd)
     qn_kernel_scratch_destroy(&s);
 }
 
+/* Intra-op split of one few-row forward (kcommon.h, issue 9 item 8): each
+ * representation on the wide model's layers, unsplit against split over a
+ * pool of --helpers helper threads (spinning 250 µs, as the backend's),
+ * called back to back so the helper stays awake (what the worker's direct
+ * path sees at one job in flight, bench/notes/intraop.md). The split is
+ * forced (threshold 1 byte) to find where it starts to win. */
+typedef struct {
+    qn_layer *l;
+    const qn_sgemm_packed *pw; /* f32 only */
+    const float *x;
+    int64_t rows;
+    float *y;
+    qn_kernel_scratch *s;
+    qn_cpu_pool *pool;
+} split_ctx;
+
+static void run_split(void *p)
+{
+    split_ctx *c = p;
+    int rc;
+    if (c->l->rep == QN_REP_F32)
+        rc = qn_cpu_dense_f32_auto_pool(c->x, c->rows, c->l->in, c->l->w, c->pw, c->l->out, c->l->bias, c->l->act,
+                                        c->y, c->pool);
+    else
+        rc = qn_kernel_layer_forward_pool(c->l, c->x, c->rows, c->y, c->s, c->pool);
+    if (rc) abort();
+}
+
+static void bench_intraop(int helpers)
+{
+    const int64_t shapes[3][2] = {{1024, 256}, {1024, 1024}, {16, 1024}};
+    qn_cpu_pool *pool = NULL;
+    if (qn_cpu_pool_create(helpers, 250, &pool)) abort();
+    qn_kernel_scratch *s = NULL;
+    if (qn_kernel_scratch_create(&s)) abort();
+    qn_kernel_set_split_min_bytes(1);
+    setenv("QN_CSR", "sparse", 1);
+    printf("# intraop: kernel  layer(out x in)  batch  us/call  GFLOP/s  split speed-up (>1: the split wins), %d helper(s)\n",
+           helpers);
+    for (int si = 0; si < 3; si++) {
+        const int64_t out = shapes[si][0], in = shapes[si][1];
+        float *wd = qn_alloc_aligned((size_t)(out * in) * sizeof(float), 0);
+        float *bias = qn_alloc_aligned((size_t)out * sizeof(float), 0);
+        int8_t *w8 = malloc((size_t)(out * in));
+        uint16_t *w16 = malloc((size_t)(out * in) * sizeof(uint16_t));
+        float *sc = malloc((size_t)out * sizeof(float));
+        int32_t *indptr = malloc((size_t)(out + 1) * sizeof(int32_t)), *idx = malloc((size_t)(out * in) * sizeof(int32_t));
+        float *vf = malloc((size_t)(out * in) * sizeof(float));
+        int8_t *vi = malloc((size_t)(out * in));
+        for (int64_t i = 0; i < out * in; i++) {
+            wd[i] = rndf(-1.0f, 1.0f) / 32;
+            w8[i] = (int8_t)(wd[i] * 32 * 127);
+            w16[i] = qn_f32_to_f16(wd[i]);
+        }
+        int64_t nnz = 0;
+        indptr[0] = 0;
+        for (int64_t o = 0; o < out; o++) {
+            bias[o] = rndf(-0.1f, 0.1f);
+            sc[o] = 1.0f / (32 * 127);
+            for (int64_t k = 0; k < in; k++)
+                if (rndf(0.0f, 1.0f) < 0.1f) { idx[nnz] = (int32_t)k; vf[nnz] = wd[o * in + k]; vi[nnz] = w8[o * in + k]; nnz++; }
+            indptr[o + 1] = (int32_t)nnz;
+        }
+        qn_layer ls[5] = {
+            {.rep = QN_REP_F32, .in = in, .out = out, .act = QN_ACT_RELU, .w = wd, .bias = bias},
+            {.rep = QN_REP_I8, .in = in, .out = out, .act = QN_ACT_RELU, .w_i8 = w8, .w_scale = sc, .bias = bias},
+            {.rep = QN_REP_F16, .in = in, .out = out, .act = QN_ACT_RELU, .w_f16 = w16, .bias = bias},
+            {.rep = QN_REP_CSR_F32, .in = in, .out = out, .act = QN_ACT_RELU, .csr_indptr = indptr, .csr_indices = idx,
+             .csr_f32 = vf, .nnz = nnz, .bias = bias},
+            {.rep = QN_REP_CSR_I8, .in = in, .out = out, .act = QN_ACT_RELU, .csr_indptr = indptr, .csr_indices = idx,
+             .csr_i8 = vi, .w_scale = sc, .nnz = nnz, .bias = bias},
+        };
+        static const char *const names[5] = {"f32(packed)", "int8", "f16", "csr_f32 d=0.1", "csr_i8 d=0.1"};
+        qn_sgemm_packed *pw = NULL;
+        if (qn_sgemm_pack(wd, out, in, &pw)) abort();
+        for (int v = 1; v < 5; v++)
+            if (qn_kernel_layer_prepare(&ls[v])) abort();
+        for (int64_t rows = 1; rows <= 4; rows *= 2) {
+            float *x = qn_alloc_aligned((size_t)(rows * in) * sizeof(float), 0);
+            float *y = qn_alloc_aligned((size_t)(rows * out) * sizeof(float), 0);
+            for (int64_t i = 0; i < rows * in; i++) x[i] = rndf(-1.0f, 1.0f);
+            for (int v = 0; v < 5; v++) {
+                group g = {0};
+                split_ctx c1 = {&ls[v], pw, x, rows, y, s, NULL}, c2 = c1;
+                c2.pool = pool;
+                char n1[64], n2[64];
+                snprintf(n1, sizeof n1, "%s", names[v]);
+                snprintf(n2, sizeof n2, "%s split", names[v]);
+                group_add(&g, n1, run_split, &c1);
+                group_add(&g, n2, run_split, &c2);
+                group_run(&g);
+                for (int i = 0; i < g.n; i++) report(g.name[i], out, in, rows, g.ns[i], g.ns[0]);
+            }
+            free(x);
+            free(y);
+        }
+        for (int v = 1; v < 5; v++) ls[v].kernel_free(ls[v].kernel_data);
+        qn_sgemm_packed_free(pw);
+        free(wd); free(bias); free(w8); free(w16); free(sc); free(indptr); free(idx); free(vf); free(vi);
+    }
+    unsetenv("QN_CSR");
+    qn_kernel_set_split_min_bytes(0);
+    qn_kernel_scratch_destroy(&s);
+    qn_cpu_pool_destroy(&pool);
+}
+
 int main(int argc, char **argv)
 {
     /* libgomp (oneDNN's runtime) reads OMP_NUM_THREADS when it loads, before
@@ -447,13 +557,14 @@ int main(int argc, char **argv)
         setenv("OMP_NUM_THREADS", "1", 1);
         execv("/proc/self/exe", argv);
     }
-    int quick = 0;
+    int quick = 0, helpers = 1;
     const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) quick = 1;
         else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) only = argv[++i];
         else if (strcmp(argv[i], "--samples") == 0 && i + 1 < argc) g_samples = atoi(argv[++i]);
         else if (strcmp(argv[i], "--sample-ms") == 0 && i + 1 < argc) g_sample_ms = atof(argv[++i]);
+        else if (strcmp(argv[i], "--helpers") == 0 && i + 1 < argc) helpers = atoi(argv[++i]);
         else if (strcmp(argv[i], "--csr-dens") == 0 && i + 1 < argc) {
             g_ndens = 0;
             for (char *t = strtok(argv[++i], ","); t && g_ndens < 16; t = strtok(NULL, ",")) g_dens[g_ndens++] = atof(t);
@@ -476,5 +587,6 @@ int main(int argc, char **argv)
     if (!only || strcmp(only, "dense") == 0) bench_dense(quick);
     if (!only || strcmp(only, "csr") == 0) bench_csr(quick);
     if (only && strcmp(only, "csr-small") == 0) bench_csr_small(g_dens, g_ndens);
+    if (only && strcmp(only, "intraop") == 0) bench_intraop(helpers);
     return 0;
 }

@@ -38,7 +38,7 @@ typedef struct cpu_ctx {
     float *buf[2];
     size_t cap;
     qn_kernel_scratch *ks; /* the compressed-layer kernels' own scratch */
-    int intraop;           /* ctx_set_intraop: f32 layers may use the pool */
+    int intraop;           /* ctx_set_intraop: layers of every representation may use the pool */
 } cpu_ctx;
 
 /* Local names for logs; model.c's qn_rep_name says the same, but this file
@@ -100,7 +100,10 @@ static int layer_forward(const qn_layer *l, const float *x, int64_t rows, float 
     case QN_REP_F16:
     case QN_REP_I8:
     case QN_REP_CSR_F32:
-    case QN_REP_CSR_I8: return qn_kernel_layer_forward(l, x, rows, y, c->ks);
+    case QN_REP_CSR_I8:
+        /* the same intra-op treatment as f32: with a pool (an intra-op
+         * context), few rows of a big layer split their output panels */
+        return qn_kernel_layer_forward_pool(l, x, rows, y, c->ks, pool);
     case QN_REP_COUNT:
     default: return QN_ENOTSUP; /* layer_check refused these at prepare */
     }
@@ -272,6 +275,12 @@ static void cpu_ctx_set_intraop(qn_backend *be, void *vctx, int on)
 static void cpu_destroy(qn_backend *be)
 {
     cpu_backend *b = be->impl;
+    if (b->pool) {
+        int64_t jobs = 0, helped = 0;
+        qn_cpu_pool_stats(b->pool, &jobs, &helped);
+        QN_LOGI("cpu", "intra-op pool: %lld split layer forwards, %lld chunks run by helpers", (long long)jobs,
+                (long long)helped);
+    }
     qn_cpu_pool_destroy(&b->pool);
     free(b);
 }
@@ -320,8 +329,9 @@ static const qn_backend_i cpu_iface = {
     /* ctx_create / ctx_destroy: the per-thread ping-pong activation scratch */
     .ctx_create = cpu_ctx_create,
     .ctx_destroy = cpu_ctx_destroy,
-    /* ctx_set_intraop: lets this context's few-row f32 layers split over
-     * the backend's helper pool (dense.c qn_cpu_dense_f32_auto_pool) */
+    /* ctx_set_intraop: lets this context's few-row layers split over the
+     * backend's helper pool (f32: dense.c qn_cpu_dense_f32_auto_pool; int8,
+     * f16, CSR: kernels.h qn_kernel_layer_forward_pool) */
     .ctx_set_intraop = cpu_ctx_set_intraop,
     /* forward: layer by layer through the context's scratch, last layer into y */
     .forward = cpu_forward,

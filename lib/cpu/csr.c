@@ -3,12 +3,19 @@
  * kernel or a densified f32 copy with sgemm is faster at this layer's
  * density (crossovers measured by bench/bench_kernels.c, recorded in
  * bench/notes/kernels.md), keeps the dense copy only if some range uses it,
- * and logs the decision. */
+ * and logs the decision (the dense copy is packed for the f32 packed GEMM
+ * too, so a densified range costs what an f32 layer costs). Rows with NaN
+ * or Inf inputs are computed apart (kcommon.h): the sparse kernels never
+ * multiply the absent zeros, which in the dense layer turn Inf into NaN.
+ * For a few rows of a big layer the outputs are split over the intra-op
+ * pool (kcommon.h), as f32 layers' are. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu/dense.h"
 #include "cpu/epilogue.h"
+#include "cpu/kcommon.h"
 #include "cpu/kernels_impl.h"
 #include "error.h"
 #include "log.h"
@@ -40,7 +47,7 @@ void qn_csr_spmm_portable(const qn_csr_args *a)
     for (int64_t r = 0; r < a->rows; r++) {
         const float *x = a->x + r * a->in;
         float *y = a->y + r * a->out;
-        for (int64_t o = 0; o < a->out; o++) {
+        for (int64_t o = a->o_begin; o < a->o_end; o++) {
             const int64_t p1 = a->indptr[o + 1];
             int64_t p = a->indptr[o];
             float acc[4] = {0};
@@ -242,6 +249,12 @@ int qn_csr_prepare(const qn_layer *l, qn_kpack *k)
         for (int64_t o = 0; o < out; o++)
             for (int64_t p = l->csr_indptr[o]; p < l->csr_indptr[o + 1]; p++)
                 k->dense[o * in + l->csr_indices[p]] = i8 ? (float)l->csr_i8[p] * l->w_scale[o] : l->csr_f32[p];
+        /* and packed for the f32 packed GEMM, as an f32 layer is
+         * (cpu_backend.c pack_f32): the densified ranges then cost what an
+         * f32 layer costs, intra-op split included. Without it (QN_SGEMM=
+         * blas, no AVX2, no memory) they stay on BLAS. */
+        if (qn_sgemm_isa_default() != QN_SGEMM_BLAS && qn_sgemm_pack(k->dense, out, in, &k->dense_pw) != 0)
+            k->dense_pw = NULL;
     }
     /* the packed small-batch form, for the SIMD paths (the portable kernel
      * reads the CSR arrays as they are) */
@@ -258,22 +271,88 @@ int qn_csr_prepare(const qn_layer *l, qn_kpack *k)
     return 0;
 }
 
-int qn_csr_forward(const qn_layer *l, const qn_kpack *k, const float *x, int64_t rows, float *y,
-                   qn_kernel_scratch *s)
+/* The SpMM on outputs [16·pb, 16·pe) of a (an intra-op chunk, or all). */
+static void spmm_panels(void *va, int64_t pb, int64_t pe)
 {
-    if (!k->sparse[qn_csr_range(rows)]) return qn_dense_f32_forward(k->dense, l->in, l->out, l->bias, l->act, x, rows, y);
+    const qn_csr_args *a = va;
+    qn_csr_args c = *a;
+    c.o_begin = pb * QN_PANEL;
+    c.o_end = pe * QN_PANEL < a->out ? pe * QN_PANEL : a->out;
+    switch (a->path) {
+    case QN_KPATH_AVX512VNNI: qn_csr_spmm_avx512(&c); break;
+    case QN_KPATH_AVXVNNI:
+    case QN_KPATH_AVX2: qn_csr_spmm_avx2(&c); break;
+    default: qn_csr_spmm_portable(&c); break;
+    }
+}
+
+/* A row with NaN/Inf inputs (kcommon.h), before bias and activation: the
+ * sum over the non-finite columns k of x_k · W_ok, with W_ok the dense
+ * weight (0 where the row has no entry at k, which makes NaN: Inf·0, as the
+ * dense layer would). slot [in] is -1 everywhere on entry and on return;
+ * wsum [ncols] is scratch. */
+static void fix_row(const qn_layer *l, const float *x, const int32_t *cols, int64_t ncols, int32_t *slot,
+                    float *wsum, float *y)
+{
+    const int i8 = l->rep == QN_REP_CSR_I8;
+    for (int64_t j = 0; j < ncols; j++) slot[cols[j]] = (int32_t)j;
+    for (int64_t o = 0; o < l->out; o++) {
+        for (int64_t j = 0; j < ncols; j++) wsum[j] = 0.0f;
+        for (int64_t p = l->csr_indptr[o]; p < l->csr_indptr[o + 1]; p++) {
+            const int32_t sl = slot[l->csr_indices[p]];
+            if (sl >= 0) wsum[sl] += i8 ? (float)l->csr_i8[p] * l->w_scale[o] : l->csr_f32[p];
+        }
+        float acc = 0.0f;
+        for (int64_t j = 0; j < ncols; j++) acc += x[cols[j]] * wsum[j];
+        y[o] = acc;
+    }
+    for (int64_t j = 0; j < ncols; j++) slot[cols[j]] = -1;
+}
+
+int qn_csr_forward(const qn_layer *l, const qn_kpack *k, const float *x, int64_t rows, float *y,
+                   qn_kernel_scratch *s, qn_cpu_pool *pool)
+{
+    if (!k->sparse[qn_csr_range(rows)])
+        return qn_cpu_dense_f32_auto_pool(x, rows, l->in, k->dense, k->dense_pw, l->out, l->bias, l->act, y, pool);
     const qn_csr_args a = {
-        .rows = rows, .in = l->in, .out = l->out, .indptr = l->csr_indptr, .indices = l->csr_indices,
-        .vf = l->rep == QN_REP_CSR_F32 ? l->csr_f32 : NULL, .vi = l->rep == QN_REP_CSR_I8 ? l->csr_i8 : NULL,
-        .scale = l->w_scale, .pack = k->csrp, .x = x, .y = y,
+        .path = k->path, .rows = rows, .in = l->in, .out = l->out, .indptr = l->csr_indptr,
+        .indices = l->csr_indices, .vf = l->rep == QN_REP_CSR_F32 ? l->csr_f32 : NULL,
+        .vi = l->rep == QN_REP_CSR_I8 ? l->csr_i8 : NULL, .scale = l->w_scale, .pack = k->csrp, .x = x, .y = y,
         .xt = qn_scratch_get(s, QN_SCR_F, (size_t)(l->in * QN_CSR_RB_MAX) * sizeof(float)),
+        .o_begin = 0, .o_end = l->out,
     };
     if (!a.xt) return QN_ENOMEM;
-    switch (k->path) {
-    case QN_KPATH_AVX512VNNI: qn_csr_spmm_avx512(&a); break;
-    case QN_KPATH_AVXVNNI:
-    case QN_KPATH_AVX2: qn_csr_spmm_avx2(&a); break;
-    default: qn_csr_spmm_portable(&a); break;
+    const int64_t npan = k->out16 / QN_PANEL;
+    /* Split where the packed (few-row) kernels run (and on the portable
+     * path). Their cost is per packed step, shared by the rows; the rule
+     * (kcommon.h) counts 16 bytes per nonzero (its value and
+     * index, the register permute, int8's widening): a split from 64K
+     * nonzeros. bench_kernels --only intraop: at density 0.1 the 1024 x 1024
+     * layer (105K nonzeros, 12-23 µs) won 1.15-1.7x at 1-2 rows, the
+     * 1024 x 256 one (26K, 3-9 µs) lost at 1-4 rows (bench/notes/intraop.md). */
+    const int packed = k->path == QN_KPATH_PORTABLE ||
+                       (k->csrp && rows < (k->path == QN_KPATH_AVX512VNNI ? QN_CSR_PACKED_BELOW_AVX512
+                                                                           : QN_CSR_PACKED_BELOW_AVX2));
+    if (pool && packed && qn_kernel_split_wins(rows, 16 * l->nnz))
+        qn_kernel_split_panels(pool, npan, 2, spmm_panels, (void *)&a);
+    else
+        spmm_panels((void *)&a, 0, npan);
+
+    /* rows with NaN/Inf: the sparse kernels skip absent weights, the dense
+     * layer would not (kcommon.h) */
+    int32_t *cols = NULL, *slot = NULL;
+    float *wsum = NULL;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * l->in;
+        if (!qn_row_nonfinite(xr, l->in)) continue;
+        if (!cols) {
+            cols = qn_scratch_get(s, QN_SCR_NF, (size_t)(3 * l->in) * sizeof(int32_t));
+            if (!cols) return QN_ENOMEM;
+            slot = cols + l->in;
+            wsum = (float *)(slot + l->in);
+            for (int64_t i = 0; i < l->in; i++) slot[i] = -1;
+        }
+        fix_row(l, xr, cols, qn_nonfinite_cols(xr, l->in, cols), slot, wsum, y + r * l->out);
     }
     qn_cpu_epilogue(y, rows, l->out, l->out, l->bias, l->act);
     return 0;

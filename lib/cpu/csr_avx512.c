@@ -19,10 +19,12 @@ static inline __attribute__((always_inline)) void packed(const qn_csr_args *a, i
     const float *x = a->x + r0 * in;
     float *y = a->y + r0 * out;
     const int ACC = NB == 1 ? 4 : NB <= 3 ? 2 : 1;
-    const uint8_t *ip = pk->idx;
-    const float *vp = pk->vf;
-    const int8_t *vq = pk->vi;
-    for (int64_t b = 0; b < pk->nblk; b++) {
+    /* blocks of R = 16 outputs covering [o_begin, o_end) (bounds multiples of R) */
+    const int64_t b0 = a->o_begin / 16, b1 = (a->o_end + 15) / 16;
+    const uint8_t *ip = pk->idx + pk->blk_step[b0] * 16;
+    const float *vp = pk->vf ? pk->vf + pk->blk_step[b0] * 16 : NULL;
+    const int8_t *vq = pk->vi ? pk->vi + pk->blk_step[b0] * 16 : NULL;
+    for (int64_t b = b0; b < b1; b++) {
         __m512 acc[4][8];
 #pragma GCC unroll 4
         for (int c = 0; c < ACC; c++)
@@ -103,7 +105,7 @@ static inline __attribute__((always_inline)) void block(const qn_csr_args *a, in
         else
             for (int64_t i = 0; i < a->in; i++) xt[i * RB + j] = 0.0f;
     }
-    for (int64_t o = 0; o < a->out; o++) {
+    for (int64_t o = a->o_begin; o < a->o_end; o++) {
         __m512 acc[4][4];
 #pragma GCC unroll 4
         for (int c = 0; c < CH; c++)

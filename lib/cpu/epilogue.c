@@ -9,7 +9,7 @@
 float qn_act_scalar(qn_act act, float x)
 {
     switch (act) {
-    case QN_ACT_RELU: return x > 0.0f ? x : 0.0f;
+    case QN_ACT_RELU: return x < 0.0f ? 0.0f : x; /* NaN and -0 pass, as torch.relu */
     case QN_ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
     case QN_ACT_SIGMOID:
         /* split by sign so expf never overflows */
@@ -41,7 +41,10 @@ void qn_cpu_epilogue(float *y, int64_t rows, int64_t cols, int64_t ld, const flo
         switch (act) {
         case QN_ACT_NONE: break;
         case QN_ACT_RELU:
-            for (int64_t j = 0; j < cols; j++) r[j] = r[j] > 0.0f ? r[j] : 0.0f;
+            /* NaN must stay NaN (torch.relu does; `x > 0 ? x : 0` made a NaN
+             * row a plausible answer). Written so that it is maxps(0, x),
+             * whose second operand wins for NaN: branch-free and vectorized. */
+            for (int64_t j = 0; j < cols; j++) r[j] = r[j] < 0.0f ? 0.0f : r[j];
             break;
         case QN_ACT_SOFTMAX: softmax_row(r, cols); break;
         default:

@@ -10,7 +10,10 @@
 
 /* y [rows, cols] row-major, leading dimension ld (>= cols). bias [cols] or
  * NULL. Softmax is per row and numerically stable (max subtracted). GELU is
- * the exact erf form (torch.nn.GELU default). */
+ * the exact erf form (torch.nn.GELU default). NaN and ±Inf come out as
+ * torch's: relu keeps NaN (and -0), gelu(-Inf) is NaN, sigmoid and tanh
+ * saturate at ±Inf, a softmax row holding NaN or +Inf (or only -Inf) is all
+ * NaN. */
 void qn_cpu_epilogue(float *y, int64_t rows, int64_t cols, int64_t ld, const float *bias, qn_act act);
 
 /* Scalar activations, for references and tests. */

@@ -2,10 +2,14 @@
  * forward) and the portable fp16 GEMM. The portable kernel widens one
  * 16-output panel at a time into scratch with a branch-light converter and
  * reuses it for every row: slower than F16C, but it keeps the memory saving
- * and exists only for CPUs without AVX2. */
+ * and exists only for CPUs without AVX2. NaN and Inf need nothing special
+ * here: every input meets every weight, as in torch's f32 product. For a
+ * few rows of a big layer the panels are split over the intra-op pool
+ * (kcommon.h). */
 #include <string.h>
 
 #include "cpu/epilogue.h"
+#include "cpu/kcommon.h"
 #include "cpu/kernels_impl.h"
 #include "error.h"
 #include "tensor.h"
@@ -72,22 +76,43 @@ int qn_f16_prepare(const qn_layer *l, qn_kpack *k)
     return 0;
 }
 
+/* The GEMM on output panels [pb, pe) of a (an intra-op chunk, or all). */
+static void gemm_panels(void *va, int64_t pb, int64_t pe)
+{
+    const qn_f16_args *a = va;
+    const int64_t o0 = pb * QN_PANEL, o1 = pe * QN_PANEL < a->out ? pe * QN_PANEL : a->out;
+    qn_f16_args c = *a;
+    c.out = o1 - o0;
+    c.w = a->w + pb * a->in * QN_PANEL;
+    c.bias = a->bias + o0;
+    c.y = a->y + o0;
+    switch (a->path) {
+    case QN_KPATH_AVX512VNNI: qn_f16_gemm_avx512(&c); break;
+    case QN_KPATH_AVXVNNI:
+    case QN_KPATH_AVX2: qn_f16_gemm_f16c(&c); break;
+    default: qn_f16_gemm_portable(&c); break;
+    }
+}
+
 int qn_f16_forward(const qn_layer *l, const qn_kpack *k, const float *x, int64_t rows, float *y,
-                   qn_kernel_scratch *s)
+                   qn_kernel_scratch *s, qn_cpu_pool *pool)
 {
     qn_f16_args a = {
-        .rows = rows, .in = l->in, .out = l->out, .x = x, .ldx = l->in, .w = k->w16,
+        .path = k->path, .rows = rows, .in = l->in, .out = l->out, .x = x, .ldx = l->in, .w = k->w16,
         .bias = k->bias, .relu = l->act == QN_ACT_RELU, .y = y, .ldy = l->out,
     };
-    switch (k->path) {
-    case QN_KPATH_AVX512VNNI: qn_f16_gemm_avx512(&a); break;
-    case QN_KPATH_AVXVNNI:
-    case QN_KPATH_AVX2: qn_f16_gemm_f16c(&a); break;
-    default:
+    const int64_t npan = k->out16 / QN_PANEL;
+    if (k->path == QN_KPATH_PORTABLE) {
+        /* one widened panel in this thread's scratch: not split (the
+         * portable path is for CPUs without AVX2) */
         a.tmp = qn_scratch_get(s, QN_SCR_F, (size_t)(l->in * QN_PANEL) * sizeof(float));
         if (!a.tmp) return QN_ENOMEM;
-        qn_f16_gemm_portable(&a);
-        break;
+        gemm_panels(&a, 0, npan);
+    } else if (pool && qn_kernel_split_wins(rows, 2 * l->in * l->out)) {
+        /* 8 panels: the single-row AVX-512 kernel's tile */
+        qn_kernel_split_panels(pool, npan, 8, gemm_panels, &a);
+    } else {
+        gemm_panels(&a, 0, npan);
     }
     if (l->act != QN_ACT_NONE && l->act != QN_ACT_RELU) qn_cpu_epilogue(y, rows, l->out, l->out, NULL, l->act);
     return 0;

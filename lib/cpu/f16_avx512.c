@@ -45,7 +45,7 @@ static inline __attribute__((always_inline)) void kern(const qn_f16_args *a, int
 #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
             __m512 f = _mm512_add_ps(acc[r][v], bs);
-            if (a->relu) f = _mm512_max_ps(f, _mm512_setzero_ps());
+            if (a->relu) f = _mm512_max_ps(_mm512_setzero_ps(), f); /* NaN stays: max returns its second operand */
             _mm512_mask_storeu_ps(a->y + (r0 + r) * a->ldy + o0, m, f);
         }
     }

@@ -46,7 +46,7 @@ static inline __attribute__((always_inline)) void kern(const qn_f16_args *a, int
             float *dst = n == QN_PANEL ? a->y + (r0 + r) * a->ldy + o0 : tmp;
             for (int h = 0; h < 2; h++) {
                 __m256 f = _mm256_add_ps(acc[r][2 * v + h], _mm256_loadu_ps(a->bias + o0 + h * 8));
-                if (a->relu) f = _mm256_max_ps(f, _mm256_setzero_ps());
+                if (a->relu) f = _mm256_max_ps(_mm256_setzero_ps(), f); /* NaN stays: max returns its second operand */
                 _mm256_storeu_ps(dst + h * 8, f);
             }
             if (dst == tmp) memcpy(a->y + (r0 + r) * a->ldy + o0, tmp, (size_t)n * sizeof(float));

@@ -65,7 +65,7 @@ static inline __attribute__((always_inline)) void kern(const qn_i8_args *a, int6
         for (int r = 0; r < MR; r++) {
             __m512i c = _mm512_sub_epi32(acc[r][v], _mm512_mullo_epi32(_mm512_set1_epi32(a->zp[r0 + r]), cs));
             __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(_mm512_set1_ps(a->xs[r0 + r]), ws), bs);
-            if (a->relu) f = _mm512_max_ps(f, _mm512_setzero_ps());
+            if (a->relu) f = _mm512_max_ps(_mm512_setzero_ps(), f); /* NaN stays: max returns its second operand */
             _mm512_mask_storeu_ps(a->y + (r0 + r) * a->ldy + o0, m, f);
         }
     }
@@ -95,5 +95,55 @@ void qn_i8_gemm_avx512vnni(const qn_i8_args *a)
             const int mr = (int)(a->rows - r0 < MR_MAX ? a->rows - r0 : MR_MAX);
             g_kern[mr - 1][nv - 1](a, r0, p0);
         }
+    }
+}
+
+/* ---- the activation quantizer's passes (kernels_impl.h), 16 lanes */
+
+int qn_i8_range_avx512(const float *x, int64_t n, float *pmn, float *pmx)
+{
+    __m512 mn0 = _mm512_setzero_ps(), mn1 = mn0, mx0 = mn0, mx1 = mn0;
+    const __m512i em = _mm512_set1_epi32(0x7f800000);
+    __mmask16 nf = 0;
+    int64_t k = 0;
+    for (; k + 32 <= n; k += 32) {
+        const __m512 a = _mm512_loadu_ps(x + k), b = _mm512_loadu_ps(x + k + 16);
+        mn0 = _mm512_min_ps(mn0, a);
+        mn1 = _mm512_min_ps(mn1, b);
+        mx0 = _mm512_max_ps(mx0, a);
+        mx1 = _mm512_max_ps(mx1, b);
+        nf |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(a), em), em);
+        nf |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(b), em), em);
+    }
+    for (; k < n; k += 16) {
+        const __mmask16 m = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1);
+        const __m512 a = _mm512_maskz_loadu_ps(m, x + k); /* zeros past n: inside the range already */
+        mn0 = _mm512_min_ps(mn0, a);
+        mx0 = _mm512_max_ps(mx0, a);
+        nf |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(a), em), em);
+    }
+    float lo[16], hi[16], mn = 0.0f, mx = 0.0f;
+    _mm512_storeu_ps(lo, _mm512_min_ps(mn0, mn1));
+    _mm512_storeu_ps(hi, _mm512_max_ps(mx0, mx1));
+    for (int j = 0; j < 16; j++) {
+        mn = lo[j] < mn ? lo[j] : mn;
+        mx = hi[j] > mx ? hi[j] : mx;
+    }
+    *pmn = mn;
+    *pmx = mx;
+    return nf != 0;
+}
+
+void qn_i8_apply_avx512(const float *x, int64_t n, float inv, float lo, float hi, float z, uint8_t *q)
+{
+    const __m512 vinv = _mm512_set1_ps(inv), vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi),
+                 vz = _mm512_set1_ps(z), magic = _mm512_set1_ps(12582912.0f);
+    for (int64_t k = 0; k < n; k += 16) {
+        const __mmask16 m = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1);
+        __m512 t = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + k), vinv);
+        t = _mm512_min_ps(_mm512_max_ps(t, vlo), vhi);
+        t = _mm512_add_ps(_mm512_sub_ps(_mm512_add_ps(t, magic), magic), vz);
+        /* an integer in [0, 255]: the saturating narrow is exact */
+        _mm_mask_storeu_epi8(q + k, m, _mm512_cvtusepi32_epi8(_mm512_cvttps_epi32(t)));
     }
 }

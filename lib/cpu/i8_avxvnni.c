@@ -56,7 +56,7 @@ static inline __attribute__((always_inline)) void kern(const qn_i8_args *a, int6
             const __m256 bs = _mm256_loadu_ps(a->bias + o0 + h * 8);
             __m256i c = _mm256_sub_epi32(acc[r][h], _mm256_mullo_epi32(zp, cs));
             __m256 f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c), _mm256_mul_ps(xs, ws), bs);
-            if (a->relu) f = _mm256_max_ps(f, _mm256_setzero_ps());
+            if (a->relu) f = _mm256_max_ps(_mm256_setzero_ps(), f); /* NaN stays: max returns its second operand */
             _mm256_storeu_ps(dst + h * 8, f);
         }
         if (dst == tmp) memcpy(a->y + (r0 + r) * a->ldy + o0, tmp, (size_t)n * sizeof(float));

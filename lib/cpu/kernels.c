@@ -1,41 +1,16 @@
-/* kernels.c: the entry points of kernels.h: per-layer prepare (common
- * checks, padded bias, then the representation's packer), forward (dispatch
- * on the layer's representation; the path was fixed at prepare), the
- * per-thread scratch, and the dense f32 forward that plain f32 layers and
- * densified sparse layers share (the CPU backend's qn_cpu_dense_f32). */
+/* kernels.c: the dispatcher of kernels.h, above the representation drivers
+ * (quant.c, f16.c, csr.c) and below nothing of theirs: per-layer prepare
+ * (common checks, padded bias, then the representation's packer), forward
+ * (dispatch on the layer's representation; the path was fixed at prepare),
+ * and freeing the packed state. The helpers the drivers share (scratch,
+ * panel geometry, NaN/Inf rows, intra-op split) are kcommon.c, below them
+ * all; the drivers never call back up into this file. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "cpu/dense.h"
 #include "cpu/kernels_impl.h"
 #include "error.h"
-
-void *qn_scratch_get(qn_kernel_scratch *s, int slot, size_t bytes)
-{
-    if (bytes <= s->cap[slot]) return s->buf[slot];
-    size_t cap = s->cap[slot] ? s->cap[slot] : 4096;
-    while (cap < bytes) cap *= 2;
-    void *p = qn_alloc_aligned(cap, 0);
-    if (!p) return NULL;
-    free(s->buf[slot]);
-    s->buf[slot] = p;
-    s->cap[slot] = cap;
-    return p;
-}
-
-int qn_kernel_scratch_create(qn_kernel_scratch **out)
-{
-    *out = calloc(1, sizeof **out);
-    return *out ? 0 : QN_ENOMEM;
-}
-
-void qn_kernel_scratch_destroy(qn_kernel_scratch **s)
-{
-    if (!s || !*s) return;
-    for (int i = 0; i < QN_SCR_COUNT; i++) free((*s)->buf[i]);
-    free(*s);
-    *s = NULL;
-}
 
 static void pack_free(void *p)
 {
@@ -47,16 +22,9 @@ static void pack_free(void *p)
     free(k->wscale);
     free(k->w16);
     free(k->dense);
+    qn_sgemm_packed_free(k->dense_pw);
     qn_csr_pack_free(k->csrp);
     free(k);
-}
-
-int qn_dense_f32_forward(const float *w, int64_t in, int64_t out, const float *bias, qn_act act,
-                         const float *x, int64_t rows, float *y)
-{
-    /* the backend's own f32 path (sgemv per row for a few rows, sgemm
-     * above: dense.h), so a densified layer costs what an f32 layer costs */
-    return qn_cpu_dense_f32(x, rows, in, w, out, bias, act, y);
 }
 
 int qn_kernel_layer_prepare(qn_layer *l)
@@ -97,16 +65,22 @@ fail:
 
 int qn_kernel_layer_forward(const qn_layer *l, const float *x, int64_t rows, float *y, qn_kernel_scratch *s)
 {
+    return qn_kernel_layer_forward_pool(l, x, rows, y, s, NULL);
+}
+
+int qn_kernel_layer_forward_pool(const qn_layer *l, const float *x, int64_t rows, float *y,
+                                 qn_kernel_scratch *s, qn_cpu_pool *pool)
+{
     if (!l || !l->kernel_data || !x || !y || !s || rows < 0) return QN_EINVAL;
     if (rows == 0) return 0;
     const qn_kpack *k = l->kernel_data;
     if (k->rep != l->rep) return QN_EINVAL;
     switch (l->rep) {
-    case QN_REP_F32: return qn_dense_f32_forward(l->w, l->in, l->out, l->bias, l->act, x, rows, y);
-    case QN_REP_I8: return qn_i8_forward(l, k, x, rows, y, s);
-    case QN_REP_F16: return qn_f16_forward(l, k, x, rows, y, s);
+    case QN_REP_F32: return qn_cpu_dense_f32(x, rows, l->in, l->w, l->out, l->bias, l->act, y);
+    case QN_REP_I8: return qn_i8_forward(l, k, x, rows, y, s, pool);
+    case QN_REP_F16: return qn_f16_forward(l, k, x, rows, y, s, pool);
     case QN_REP_CSR_F32:
-    case QN_REP_CSR_I8: return qn_csr_forward(l, k, x, rows, y, s);
+    case QN_REP_CSR_I8: return qn_csr_forward(l, k, x, rows, y, s, pool);
     default: return QN_EINVAL;
     }
 }

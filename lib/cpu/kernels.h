@@ -33,6 +33,14 @@
  *  - QN_REP_F32: the backend's dense path, qn_cpu_dense_f32 (cpu/dense.h),
  *    so callers may route every layer through here.
  *
+ * NaN and ±Inf propagate as in torch's f32 forward on the same (dequantized,
+ * densified) weights, per element, on every representation and path: a row
+ * with a NaN input gives NaN outputs, an Inf input ±Inf (NaN where its
+ * weight is 0 or Infs of both signs meet), then the activation as torch
+ * defines it (relu keeps NaN, gelu(-Inf) is NaN, a softmax row with NaN or
+ * +Inf is all NaN). int8 and CSR kernels compute such rows apart
+ * (kcommon.h); rows without NaN/Inf are unaffected.
+ *
  * Kernel paths: avx512vnni (AVX-512 F/BW/VL + VNNI), avxvnni (AVX2 + VEX
  * VNNI), avx2 (AVX2 + FMA + F16C), portable (C). The best the CPU supports is
  * used unless the environment variable QN_KERNEL names another (so CI can
@@ -47,6 +55,7 @@
 
 #include <stdint.h>
 
+#include "cpu/pool.h"
 #include "model.h"
 
 typedef enum {
@@ -94,6 +103,14 @@ int qn_kernel_layer_prepare(qn_layer *l);
  * (scratch could not grow). */
 int qn_kernel_layer_forward(const qn_layer *l, const float *x, int64_t rows, float *y,
                             qn_kernel_scratch *s);
+
+/* As qn_kernel_layer_forward, and for a few rows of a big layer (kcommon.h
+ * qn_kernel_split_wins) the layer's output panels are split over pool, the
+ * CPU backend's intra-op helpers (pool.h; NULL: no split), as f32 layers
+ * are (dense.h). Only for a forward alone on an idle machine (backend.h
+ * ctx_set_intraop). Results are bit-identical to the unsplit call. */
+int qn_kernel_layer_forward_pool(const qn_layer *l, const float *x, int64_t rows, float *y,
+                                 qn_kernel_scratch *s, qn_cpu_pool *pool);
 
 /* The dynamic activation quantization used by the int8 kernels, exposed for
  * tests and for the compressor's error report: q [n] u8, *scale > 0, *zp in

@@ -1,6 +1,9 @@
 /* kernels_impl.h: what the per-ISA kernel files share with the drivers in
- * quant.c / f16.c / csr.c / kernels.c: packed layouts and argument blocks.
- * Private to lib/cpu/ (and the kernel unit test); the contract is kernels.h.
+ * quant.c / f16.c / csr.c and the dispatcher kernels.c: packed layouts and
+ * argument blocks. Types and prototypes only; the helpers every kernel
+ * uses (scratch, panel geometry, NaN/Inf rows, the intra-op split) are
+ * kcommon.h. Private to lib/cpu/ (and the kernel unit test); the contract
+ * is kernels.h.
  *
  * Packed int8 weights ("panel" layout, one layout for every path so that the
  * int32 sums are bit-identical everywhere): outputs are grouped in panels of
@@ -18,18 +21,18 @@
 
 #include <stdint.h>
 
+#include "cpu/kcommon.h"
 #include "cpu/kernels.h"
-
-#define QN_PANEL 16
-
-static inline int64_t qn_round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+#include "cpu/pool.h"
+#include "cpu/sgemm_packed.h"
 
 /* ---- int8 */
 typedef struct {
+    qn_kpath path;              /* which kernel the driver runs (unused by the kernels) */
     int64_t rows, in4, out;     /* in4: in rounded up to 4 */
     const uint8_t *xq;          /* [rows, ldq] quantized activations (padding k: any value) */
     int64_t ldq;                /* >= in4, multiple of 4 */
-    int16_t *xq16;              /* avx2 path only: scratch [rows, ldq] for widened activations */
+    const int16_t *xq16;        /* avx2 path only: xq widened to int16 [rows, ldq] (by the driver) */
     const int32_t *zp;          /* [rows] zero points */
     const float *xs;            /* [rows] activation scales */
     const int8_t *w;            /* packed panels */
@@ -41,6 +44,17 @@ typedef struct {
     int64_t ldy;
 } qn_i8_args;
 
+/* The int8 activation quantizer's two vector passes (quant.c, which keeps
+ * the scalar decisions between them and the baseline versions): range:
+ * mn = min(0, min x), mx = max(0, max x), returns 1 if x holds NaN/Inf
+ * (mn, mx then meaningless); apply: q[k] = round_even(clamp(x[k]·inv, lo,
+ * hi)) + z. Bit-identical to quant.c's on every path. avx2: AVX2 CPUs
+ * (the avx2 and avxvnni paths). */
+int qn_i8_range_avx512(const float *x, int64_t n, float *mn, float *mx);
+void qn_i8_apply_avx512(const float *x, int64_t n, float inv, float lo, float hi, float z, uint8_t *q);
+int qn_i8_range_avx2(const float *x, int64_t n, float *mn, float *mx);
+void qn_i8_apply_avx2(const float *x, int64_t n, float inv, float lo, float hi, float z, uint8_t *q);
+
 void qn_i8_gemm_portable(const qn_i8_args *a);
 void qn_i8_gemm_avx2(const qn_i8_args *a);
 void qn_i8_gemm_avxvnni(const qn_i8_args *a);
@@ -48,6 +62,7 @@ void qn_i8_gemm_avx512vnni(const qn_i8_args *a);
 
 /* ---- f16 */
 typedef struct {
+    qn_kpath path;              /* which kernel the driver runs (unused by the kernels) */
     int64_t rows, in, out;
     const float *x;             /* [rows, ldx] */
     int64_t ldx;
@@ -104,6 +119,7 @@ typedef struct {
 #define QN_CSR_PACK_ROWS 8
 
 typedef struct {
+    qn_kpath path;              /* which kernel the driver runs (unused by the kernels) */
     int64_t rows, in, out;
     const int32_t *indptr, *indices;
     const float *vf;            /* f32 values, or NULL ... */
@@ -113,6 +129,11 @@ typedef struct {
     const float *x;             /* [rows, in] */
     float *xt;                  /* scratch: [in, QN_CSR_RB_MAX] transposed row block */
     float *y;                   /* [rows, out]: y = x·Wᵀ (no bias) */
+    /* Outputs [o_begin, o_end) only (an intra-op chunk; 0, out: all). The
+     * packed kernels take bounds on their R-row blocks (multiples of
+     * pack->R, or o_end == out), the portable one any; the blocked kernel
+     * (QN_CSR_PACKED_BELOW rows and up) always computes all outputs. */
+    int64_t o_begin, o_end;
 } qn_csr_args;
 
 /* Batched CSR transposes a block of rows to xt [in][RB] so that each nonzero
@@ -160,34 +181,25 @@ typedef struct {
     float *wscale;              /* I8: [out16] */
     uint16_t *w16;              /* F16: packed panels */
     float *dense;               /* CSR: densified [out, in] f32, only if some range uses it */
+    qn_sgemm_packed *dense_pw;  /* CSR: dense packed for the f32 packed GEMM, with dense (NULL: BLAS only) */
     qn_csr_pack *csrp;          /* CSR: packed small-batch form (AVX2 / AVX-512 paths) */
     unsigned char sparse[QN_CSR_NRANGES]; /* CSR: 1 = sparse kernel for that range */
 } qn_kpack;
 
-/* Per-thread scratch: a few independent growable buffers. */
-enum { QN_SCR_Q, QN_SCR_Q16, QN_SCR_F, QN_SCR_STATS, QN_SCR_COUNT };
-struct qn_kernel_scratch {
-    void *buf[QN_SCR_COUNT];
-    size_t cap[QN_SCR_COUNT];
-};
-/* A 64-byte aligned buffer of at least bytes (contents undefined), or NULL. */
-void *qn_scratch_get(qn_kernel_scratch *s, int slot, size_t bytes);
-
 /* Representation drivers: prepare fills k (freed with the pack on failure
- * too), forward runs the whole layer including bias and activation. */
+ * too), forward runs the whole layer including bias and activation, with
+ * its output panels split over pool where qn_kernel_split_wins (pool NULL:
+ * never). */
 int qn_i8_prepare(const qn_layer *l, qn_kpack *k);
 int qn_i8_forward(const qn_layer *l, const qn_kpack *k, const float *x, int64_t rows, float *y,
-                  qn_kernel_scratch *s);
+                  qn_kernel_scratch *s, qn_cpu_pool *pool);
 int qn_f16_prepare(const qn_layer *l, qn_kpack *k);
 int qn_f16_forward(const qn_layer *l, const qn_kpack *k, const float *x, int64_t rows, float *y,
-                   qn_kernel_scratch *s);
+                   qn_kernel_scratch *s, qn_cpu_pool *pool);
 int qn_csr_prepare(const qn_layer *l, qn_kpack *k);
 int qn_csr_forward(const qn_layer *l, const qn_kpack *k, const float *x, int64_t rows, float *y,
-                   qn_kernel_scratch *s);
+                   qn_kernel_scratch *s, qn_cpu_pool *pool);
 /* The range index for a batch size (0 .. QN_CSR_NRANGES-1). */
 int qn_csr_range(int64_t rows);
-/* y = act(x · Wᵀ + b) with a dense f32 W [out, in]: qn_cpu_dense_f32. */
-int qn_dense_f32_forward(const float *w, int64_t in, int64_t out, const float *bias, qn_act act,
-                          const float *x, int64_t rows, float *y);
 
 #endif

@@ -45,6 +45,7 @@ struct qn_cpu_pool {
     _Atomic(void *) arg;
     _Atomic uint32_t nchunks;
     uint32_t last_gen;         /* caller-only (under busy) */
+    _Atomic int64_t jobs, helped; /* qn_cpu_pool_stats */
 };
 
 static int64_t now_ns(void)
@@ -176,6 +177,12 @@ void qn_cpu_pool_destroy(qn_cpu_pool **pp)
 
 int qn_cpu_pool_helpers(const qn_cpu_pool *p) { return p ? p->nhelpers : 0; }
 
+void qn_cpu_pool_stats(const qn_cpu_pool *p, int64_t *jobs, int64_t *helped)
+{
+    if (jobs) *jobs = p ? atomic_load(&p->jobs) : 0;
+    if (helped) *helped = p ? atomic_load(&p->helped) : 0;
+}
+
 int64_t qn_cpu_pool_run(qn_cpu_pool *p, qn_cpu_pool_fn fn, void *arg, int64_t nchunks)
 {
     if (nchunks < 1 || !fn) return 0;
@@ -204,6 +211,8 @@ int64_t qn_cpu_pool_run(qn_cpu_pool *p, qn_cpu_pool_fn fn, void *arg, int64_t nc
         else sched_yield();
     }
     int64_t helped = nchunks - (int64_t)mine;
+    atomic_fetch_add_explicit(&p->jobs, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->helped, helped, memory_order_relaxed);
     atomic_flag_clear_explicit(&p->busy, memory_order_release);
     return helped;
 }

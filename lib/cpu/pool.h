@@ -34,6 +34,10 @@ int qn_cpu_pool_create(int helpers, int spin_us, qn_cpu_pool **out);
 void qn_cpu_pool_destroy(qn_cpu_pool **p);
 /* The number of helper threads. */
 int qn_cpu_pool_helpers(const qn_cpu_pool *p);
+/* Since create: jobs run with the helpers (calls of qn_cpu_pool_run that
+ * got the pool) and chunks the helpers ran, for tests and the backend's
+ * shutdown log. NULL-safe (0). */
+void qn_cpu_pool_stats(const qn_cpu_pool *p, int64_t *jobs, int64_t *helped);
 
 /* Runs fn(arg, c) for every c in 0 .. nchunks-1 and returns when all have
  * finished (their writes visible to the caller). The caller takes part. If

@@ -56,8 +56,9 @@ static inline __m256i lanes_below(int c)
         }                                                                                                   \
     }                                                                                                       \
     if (fin) {                                                                                              \
-        /* as qn_cpu_epilogue: y + b, then relu; max's second operand wins                                  \
-         * for NaN and +-0, matching `y > 0 ? y : 0` */                                                     \
+        /* as qn_cpu_epilogue: y + b, then relu as max(0, y): max returns                                   \
+         * its second operand for NaN and +-0, so NaN stays NaN and -0 stays                                \
+         * -0, as torch.relu and epilogue.c's `y < 0 ? 0 : y` do */                                         \
         const __m256 zero = _mm256_setzero_ps();                                                            \
         __m256 bv[2 * NV];                                                                                  \
         UNROLL(8) for (int h = 0; h < 2 * NV; h++) bv[h] = bias ? _mm256_maskload_ps(bias + 8 * h, mk[h]) : zero; \
@@ -65,7 +66,7 @@ static inline __m256i lanes_below(int c)
         UNROLL(8) for (int h = 0; h < 2 * NV; h++)                                                          \
         {                                                                                                   \
             if (bias) acc[m][h] = _mm256_add_ps(acc[m][h], bv[h]);                                          \
-            if (relu) acc[m][h] = _mm256_max_ps(acc[m][h], zero);                                           \
+            if (relu) acc[m][h] = _mm256_max_ps(zero, acc[m][h]);                                           \
         }                                                                                                   \
     }                                                                                                       \
     UNROLL(6) for (int m = 0; m < MR; m++)                                                                  \

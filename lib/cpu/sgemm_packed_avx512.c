@@ -60,8 +60,9 @@
         }                                                                                                   \
     }                                                                                                       \
     if (fin) {                                                                                              \
-        /* as qn_cpu_epilogue: y + b, then relu as max(y, 0), whose second                                  \
-         * operand wins for NaN and +-0 as epilogue.c's `y > 0 ? y : 0` does */                             \
+        /* as qn_cpu_epilogue: y + b, then relu as max(0, y): max returns                                   \
+         * its second operand for NaN and +-0, so NaN stays NaN and -0 stays                                \
+         * -0, as torch.relu and epilogue.c's `y < 0 ? 0 : y` do */                                         \
         const __m512 zero = _mm512_setzero_ps();                                                            \
         __m512 bv[NV];                                                                                      \
         UNROLL(4) for (int v = 0; v < NV; v++) bv[v] = bias ? _mm512_maskz_loadu_ps(mk[v], bias + 16 * v) : zero; \
@@ -69,7 +70,7 @@
         UNROLL(4) for (int v = 0; v < NV; v++)                                                              \
         {                                                                                                   \
             if (bias) acc[m][v] = _mm512_add_ps(acc[m][v], bv[v]);                                          \
-            if (relu) acc[m][v] = _mm512_max_ps(acc[m][v], zero);                                           \
+            if (relu) acc[m][v] = _mm512_max_ps(zero, acc[m][v]);                                           \
         }                                                                                                   \
     }                                                                                                       \
     UNROLL(8) for (int m = 0; m < MR; m++)                                                                  \
