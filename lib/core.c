@@ -227,11 +227,74 @@ static void train_admit(qn_core *c, qn_job *job)
     }
 }
 
+/* ---- "models" jobs: what the worker serves, answered at admission from
+ * the registry with no compute, cache or queue (schemas/job.md). */
+
+typedef struct models_list {
+    const char *only;   /* a model name, or NULL: all */
+    qn_model **m;
+    size_t n, cap;
+    int oom;
+} models_list;
+
+static void models_collect(void *ud, qn_model *m)
+{
+    models_list *ml = ud;
+    if (ml->oom || (ml->only && strcmp(ml->only, m->name))) return;
+    if (ml->n == ml->cap) {
+        size_t cap = ml->cap ? ml->cap * 2 : 16;
+        qn_model **p = realloc(ml->m, cap * sizeof *p);
+        if (!p) { ml->oom = 1; return; }
+        ml->m = p;
+        ml->cap = cap;
+    }
+    ml->m[ml->n++] = qn_model_ref(m); /* kept past the registry lock */
+}
+
+/* The representation of a version's weights: its layers' one rep, or
+ * "mixed" when they differ (compress keeps a layer f32 where CSR or int8
+ * would not pay). */
+static const char *model_repr(const qn_model *m)
+{
+    for (int i = 1; i < m->nlayers; i++)
+        if (m->layers[i].rep != m->layers[0].rep) return "mixed";
+    return m->nlayers ? qn_rep_name(m->layers[0].rep) : "";
+}
+
+static void answer_models(qn_core *c, qn_job *job)
+{
+    char msg[256];
+    models_list ml = {.only = job->model[0] ? job->model : NULL};
+    qn_registry_each_version(c->reg, models_collect, &ml);
+    qn_model_info *info = ml.oom ? NULL : calloc(ml.n ? ml.n : 1, sizeof *info);
+    if (!info) {
+        qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_INTERNAL, "out of memory");
+    } else if (ml.only && ml.n == 0) {
+        snprintf(msg, sizeof msg, "no model named '%s' in the repository", job->model);
+        qn_core_reply_error(job, QN_STATUS_ERROR, QN_CODE_UNKNOWN_MODEL, msg);
+    } else {
+        for (size_t i = 0; i < ml.n; i++)
+            info[i] = (qn_model_info){.name = ml.m[i]->name, .version = ml.m[i]->version,
+                                      .input_dim = ml.m[i]->in_dim, .output_dim = ml.m[i]->out_dim,
+                                      .repr = model_repr(ml.m[i])};
+        qn_result res = {.type = QN_RESULT_FINAL, .status = QN_STATUS_OK, .id = &job->id,
+                         .is_models = true, .models = info, .nmodels = ml.n};
+        job_end(job, &res);
+    }
+    for (size_t i = 0; i < ml.n; i++) qn_model_unref(&ml.m[i]);
+    free(ml.m);
+    free(info);
+}
+
 static void admit(qn_core *c, qn_core_local *l, qn_job *job)
 {
     char msg[256];
     if (job->type == QN_JOB_TRAIN) {
         train_admit(c, job);
+        return;
+    }
+    if (job->type == QN_JOB_MODELS) {
+        answer_models(c, job);
         return;
     }
     if (job->type != QN_JOB_PREDICT) {

@@ -516,6 +516,28 @@ static void tensor_fill(const tensor_src *t, float *dst)
     }
 }
 
+/* JSON text sent where msgpack belongs is a common mistake (curl, kcat -P
+ * with a typed message), and as msgpack it reads as a small int ('{' is the
+ * fixint 123) followed by "trailing data", which says nothing useful. Text
+ * that opens with '{' or '[' and closes with '}' or ']' (whitespace aside)
+ * is named as JSON instead; no msgpack map starts with either byte. */
+static int looks_like_json(const void *buf, size_t len)
+{
+    const unsigned char *p = buf, *e = p + len;
+    while (p < e && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')) p++;
+    while (e > p && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n')) e--;
+    return e - p >= 2 && (*p == '{' || *p == '[') && (e[-1] == '}' || e[-1] == ']');
+}
+
+static int json_err(const void *buf, size_t len, qn_decode_error *err)
+{
+    const char *p = buf;
+    while (*p != '{' && *p != '[') p++; /* looks_like_json found one */
+    return set_err(err, QN_CODE_BAD_MESSAGE,
+                   "not msgpack: the message looks like JSON text (%zu bytes starting with '%c'); a "
+                   "job is one msgpack map (schemas/job.md)", len, *p);
+}
+
 /* Unpacks buf into *root using zone, after the pre-scan; fills err. */
 static int unpack_root(const void *buf, size_t len, msgpack_zone *zone, msgpack_object *root, qn_decode_error *err)
 {
@@ -527,14 +549,19 @@ static int unpack_root(const void *buf, size_t len, msgpack_zone *zone, msgpack_
     case MP_INVALID: return set_err(err, QN_CODE_BAD_MESSAGE, "not msgpack: invalid type byte");
     case MP_TOO_DEEP: return set_err(err, QN_CODE_BAD_MESSAGE, "nested deeper than %d levels", MP_MAX_DEPTH - 1);
     }
-    if (used != len) return set_err(err, QN_CODE_BAD_MESSAGE, "%zu bytes of trailing data after the message", len - used);
+    if (used != len) {
+        if (looks_like_json(buf, len)) return json_err(buf, len, err);
+        return set_err(err, QN_CODE_BAD_MESSAGE, "%zu bytes of trailing data after the message", len - used);
+    }
     size_t off = 0;
     msgpack_unpack_return r = msgpack_unpack(buf, len, &off, zone, root);
     if (r == MSGPACK_UNPACK_NOMEM_ERROR) return QN_ENOMEM;
     if (r != MSGPACK_UNPACK_SUCCESS) /* the scan accepted it: a disagreement, still the client's bytes */
         return set_err(err, QN_CODE_BAD_MESSAGE, "not msgpack (unpack status %d)", (int)r);
-    if (root->type != MSGPACK_OBJECT_MAP)
+    if (root->type != MSGPACK_OBJECT_MAP) {
+        if (looks_like_json(buf, len)) return json_err(buf, len, err);
         return set_err(err, QN_CODE_BAD_MESSAGE, "top level is %s, not a map", obj_type_name(root));
+    }
     return 0;
 }
 
@@ -562,6 +589,25 @@ static int model_name_ok(const char *s, uint32_t n)
      * not models; refusing them keeps a name from walking out of the repo. */
     if ((n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.')) return 0;
     return 1;
+}
+
+/* An int field that must be at least lo (0 or 1) and fit int64. The three
+ * ways to miss say different things: a uint past INT64_MAX is out of range
+ * (not "negative"), a small one is below the minimum, anything else is the
+ * wrong type. */
+static int int_field(const msgpack_object *o, const char *name, int64_t lo, int64_t *out,
+                     qn_decode_error *err)
+{
+    const char *want = lo > 0 ? "a positive int" : "a non-negative int";
+    const char *unit = strcmp(name, "deadline_ms") == 0 ? " (Unix time in ms)" : "";
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 > INT64_MAX)
+        return set_err(err, QN_CODE_BAD_JOB, "%s: %llu is out of range (at most %lld)%s", name,
+                       (unsigned long long)o->via.u64, (long long)INT64_MAX, unit);
+    if (!obj_int64(o, out))
+        return set_err(err, QN_CODE_BAD_JOB, "%s: must be %s%s, not %s", name, want, unit, obj_type_name(o));
+    if (*out < lo)
+        return set_err(err, QN_CODE_BAD_JOB, "%s: must be %s%s, not %lld", name, want, unit, (long long)*out);
+    return 0;
 }
 
 /* nil counts as absent for optional fields (Python clients send None). */
@@ -640,30 +686,26 @@ int qn_job_decode(const void *buf, size_t len, const qn_job_limits *limits, qn_j
     if (!f[F_TYPE]) { rc = set_err(err, QN_CODE_BAD_JOB, "type: missing"); goto bad; }
     if (obj_is_str(f[F_TYPE], "predict")) type = QN_JOB_PREDICT;
     else if (obj_is_str(f[F_TYPE], "train")) type = QN_JOB_TRAIN;
-    else { rc = set_err(err, QN_CODE_BAD_JOB, "type: must be \"predict\" or \"train\""); goto bad; }
+    else if (obj_is_str(f[F_TYPE], "models")) type = QN_JOB_MODELS;
+    else { rc = set_err(err, QN_CODE_BAD_JOB, "type: must be \"predict\", \"train\" or \"models\""); goto bad; }
 
-    const msgpack_object *m = f[F_MODEL];
-    if (!m) { rc = set_err(err, QN_CODE_BAD_JOB, "model: missing"); goto bad; }
-    if (m->type != MSGPACK_OBJECT_STR) { rc = set_err(err, QN_CODE_BAD_JOB, "model: must be a str, not %s", obj_type_name(m)); goto bad; }
-    if (!model_name_ok(m->via.str.ptr, m->via.str.size)) {
+    /* A models job lists every model unless it names one. */
+    const msgpack_object *m = type == QN_JOB_MODELS ? opt(f[F_MODEL]) : f[F_MODEL];
+    if (!m && type != QN_JOB_MODELS) { rc = set_err(err, QN_CODE_BAD_JOB, "model: missing"); goto bad; }
+    if (m && m->type != MSGPACK_OBJECT_STR) { rc = set_err(err, QN_CODE_BAD_JOB, "model: must be a str, not %s", obj_type_name(m)); goto bad; }
+    if (m && !model_name_ok(m->via.str.ptr, m->via.str.size)) {
         rc = set_err(err, QN_CODE_BAD_JOB, "model: must match [A-Za-z0-9_.-]{1,64} (and not be . or ..)");
         goto bad;
     }
 
     int64_t version = 0, deadline = 0, priority = 0;
     const msgpack_object *o;
-    if ((o = opt(f[F_VERSION])) && (!obj_int64(o, &version) || version < 1)) {
-        rc = set_err(err, QN_CODE_BAD_JOB, "version: must be a positive int");
-        goto bad;
-    }
+    if ((o = opt(f[F_VERSION])) && (rc = int_field(o, "version", 1, &version, err))) goto bad;
     if ((o = opt(f[F_REPLY_TO])) && o != reply_to) {
         rc = set_err(err, QN_CODE_BAD_JOB, "reply_to: must be a str of 1 to %d bytes without NUL", REPLY_TO_MAX);
         goto bad;
     }
-    if ((o = opt(f[F_DEADLINE])) && (!obj_int64(o, &deadline) || deadline < 0)) {
-        rc = set_err(err, QN_CODE_BAD_JOB, "deadline_ms: must be a non-negative int (Unix time in ms)");
-        goto bad;
-    }
+    if ((o = opt(f[F_DEADLINE])) && (rc = int_field(o, "deadline_ms", 0, &deadline, err))) goto bad;
     if ((o = opt(f[F_PRIORITY])) && (!obj_int64(o, &priority) || priority < 0 || priority > INT32_MAX)) {
         rc = set_err(err, QN_CODE_BAD_JOB, "priority: must be an int from 0 to %d", INT32_MAX);
         goto bad;
@@ -692,8 +734,10 @@ int qn_job_decode(const void *buf, size_t len, const qn_job_limits *limits, qn_j
                               reply_to);
     if (!job) { qn_train_spec_free(&spec); rc = QN_ENOMEM; goto done; }
     job->type = type;
-    memcpy(job->model, m->via.str.ptr, m->via.str.size);
-    job->model[m->via.str.size] = '\0';
+    if (m) {
+        memcpy(job->model, m->via.str.ptr, m->via.str.size);
+        job->model[m->via.str.size] = '\0';
+    }
     job->version = version;
     job->deadline_ms = deadline;
     job->priority = (int32_t)priority;
@@ -759,6 +803,34 @@ static int pk_tensor(msgpack_packer *pk, const float *x, int64_t rows, int64_t c
 #endif
 }
 
+/* A "models" answer: one map per model, {name, latest, versions: [{version,
+ * input_dim, output_dim, repr}, ...]}, from entries sorted by name then
+ * version (so each model's entries are adjacent). */
+static int pk_models(msgpack_packer *pk, const qn_model_info *mi, size_t n)
+{
+    size_t groups = 0;
+    for (size_t i = 0; i < n; i++)
+        if (i == 0 || strcmp(mi[i].name, mi[i - 1].name)) groups++;
+    int e = msgpack_pack_array(pk, groups);
+    for (size_t i = 0; i < n && !e;) {
+        size_t j = i;
+        while (j < n && !strcmp(mi[j].name, mi[i].name)) j++;
+        e = msgpack_pack_map(pk, 3);
+        e = e || pk_str(pk, "name") || pk_str(pk, mi[i].name);
+        e = e || pk_str(pk, "latest") || msgpack_pack_int64(pk, mi[j - 1].version);
+        e = e || pk_str(pk, "versions") || msgpack_pack_array(pk, j - i);
+        for (size_t k = i; k < j && !e; k++) {
+            e = msgpack_pack_map(pk, 4);
+            e = e || pk_str(pk, "version") || msgpack_pack_int64(pk, mi[k].version);
+            e = e || pk_str(pk, "input_dim") || msgpack_pack_int64(pk, mi[k].input_dim);
+            e = e || pk_str(pk, "output_dim") || msgpack_pack_int64(pk, mi[k].output_dim);
+            e = e || pk_str(pk, "repr") || pk_str(pk, mi[k].repr ? mi[k].repr : "");
+        }
+        i = j;
+    }
+    return e;
+}
+
 /* rows*cols*4 must fit a msgpack bin (32-bit length). */
 static int tensor_size_ok(int64_t rows, int64_t cols)
 {
@@ -818,7 +890,8 @@ int qn_result_encode(const qn_result *res, qn_buf *out)
 {
     if (!res || !out) return QN_EINVAL;
     bool ok = res->status == QN_STATUS_OK;
-    bool outputs = ok && res->type == QN_RESULT_FINAL && !res->train;
+    bool models = ok && res->is_models;
+    bool outputs = ok && res->type == QN_RESULT_FINAL && !res->train && !models;
     size_t nbytes = 0;
     if (outputs) {
         if (!tensor_size_ok(res->rows, res->cols)) return QN_ETOOLARGE;
@@ -839,8 +912,9 @@ int qn_result_encode(const qn_result *res, qn_buf *out)
                  (id && id->kind == QN_ID_STR ? id->len : 0);
     if (buf_reserve(out, est)) return QN_ENOMEM;
 
+    if (models && res->nmodels && !res->models) return QN_EINVAL;
     uint32_t nf = 4 + (res->model ? 1 : 0) + (res->version > 0 ? 1 : 0) + (outputs ? 2 : 0) + (ok ? 0 : 1) +
-                  train_nf(res);
+                  train_nf(res) + (models ? 1 : 0);
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, pk_write);
     int e = msgpack_pack_map(&pk, nf);
@@ -860,6 +934,7 @@ int qn_result_encode(const qn_result *res, qn_buf *out)
         e = e || pk_str(&pk, "outputs") || pk_tensor(&pk, res->outputs, res->rows, res->cols);
         e = e || pk_str(&pk, "cached") || (res->cached ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk));
     }
+    if (models) e = e || pk_str(&pk, "models") || pk_models(&pk, res->models, res->nmodels);
     if (!ok) {
         e = e || pk_str(&pk, "error") || msgpack_pack_map(&pk, 2);
         e = e || pk_str(&pk, "code") || pk_str(&pk, qn_code_name(code));

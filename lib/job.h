@@ -15,7 +15,9 @@
 #define QN_MODEL_NAME_MAX 64
 #define QN_DEFAULT_MAX_MESSAGE (64u * 1024u * 1024u) /* too_large past this */
 
-typedef enum { QN_JOB_PREDICT = 0, QN_JOB_TRAIN = 1 } qn_job_type;
+/* QN_JOB_MODELS: a metadata request ({"type": "models"}, schemas/job.md),
+ * answered at admission from the registry, never computed. */
+typedef enum { QN_JOB_PREDICT = 0, QN_JOB_TRAIN = 1, QN_JOB_MODELS = 2 } qn_job_type;
 
 /* Result status and error code, as spelled on the wire. */
 typedef enum { QN_STATUS_OK = 0, QN_STATUS_ERROR, QN_STATUS_EXPIRED, QN_STATUS_REJECTED } qn_status;
@@ -102,6 +104,14 @@ typedef struct qn_train_report {
     bool repeated;                /* final: a redelivered job answered with its earlier version */
 } qn_train_report;
 
+/* One loaded model version, as a "models" result lists it (schemas/result.md). */
+typedef struct qn_model_info {
+    const char *name;
+    int64_t version;
+    int64_t input_dim, output_dim;
+    const char *repr;       /* "f32", "int8", ... or "mixed" */
+} qn_model_info;
+
 typedef struct qn_result {
     qn_result_type type;
     qn_status status;
@@ -120,6 +130,12 @@ typedef struct qn_result {
      * uncommitted instead of answering, so another worker runs it; others
      * send the result (status rejected, code overloaded) as usual. */
     bool handed_back;
+    /* The answer to a "models" job (is_models, status ok): nmodels loaded
+     * versions sorted by name then version, borrowed; written as "models"
+     * in place of outputs. */
+    bool is_models;
+    const qn_model_info *models;
+    size_t nmodels;
 } qn_result;
 
 /* Decode limits. */
@@ -139,7 +155,8 @@ typedef struct qn_decode_error {
  * be read — still returns a job in *out holding only that id (and reply_to if
  * readable), so the error result can carry it; otherwise *out is NULL.
  * Accepts inputs as a tensor map {dtype:"f32", shape:[r,c], data:bin} or as an
- * array of equal-length arrays of numbers. Unknown fields are ignored
+ * array of equal-length arrays of numbers. A "models" job needs only v, id and
+ * type (model, when given, names the one model to list; model is "" when not). Unknown fields are ignored
  * (forward compatibility). limits may be NULL for defaults. */
 int qn_job_decode(const void *buf, size_t len, const qn_job_limits *limits, qn_job **out,
                   qn_decode_error *err);

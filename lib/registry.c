@@ -584,6 +584,14 @@ void qn_registry_each_name(qn_registry *r, void (*fn)(void *ud, const char *name
     pthread_rwlock_unlock(&r->lock);
 }
 
+void qn_registry_each_version(qn_registry *r, void (*fn)(void *ud, qn_model *m), void *ud)
+{
+    pthread_rwlock_rdlock(&r->lock);
+    for (size_t i = 0; r->served && i < r->served->n; i++)
+        for (size_t v = 0; v < r->served->m[i].n; v++) fn(ud, r->served->m[i].models[v]);
+    pthread_rwlock_unlock(&r->lock);
+}
+
 /* ---- watcher */
 
 static void *watch_main(void *arg)

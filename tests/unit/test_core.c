@@ -3,6 +3,7 @@
  * repository, and a completion callback standing in for a transport. Checks
  * that every job gets exactly one final answer, with the right code, on both
  * the executor path and the direct path, and that they agree bit for bit. */
+#include <msgpack.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -316,6 +317,95 @@ TEST(cancel_answers_queued_matches_only)
     teardown(&f);
 }
 
+/* A "models" job through the bytes path: answered at once (no compute, no
+ * queue) with every loaded version and its widths, in the encoded result a
+ * transport would send; naming a model filters, an unknown name is
+ * unknown_model. */
+typedef struct models_answer {
+    int calls;
+    qn_buf body;
+} models_answer;
+
+static void on_models(qn_job *job, const qn_result *res)
+{
+    models_answer *a = job->origin.data;
+    a->calls++;
+    qn_buf_reset(&a->body);
+    CHECK_EQ_INT(qn_result_encode(res, &a->body), 0);
+}
+
+static const msgpack_object *mp_get(const msgpack_object *map, const char *key)
+{
+    if (map->type != MSGPACK_OBJECT_MAP) return NULL;
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == strlen(key) &&
+            !memcmp(k->via.str.ptr, key, k->via.str.size))
+            return &map->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+static int64_t mp_int(const msgpack_object *o) { return o ? o->via.i64 : -1; }
+
+static int mp_is(const msgpack_object *o, const char *s)
+{
+    return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == strlen(s) &&
+           !memcmp(o->via.str.ptr, s, o->via.str.size);
+}
+
+TEST(models_job_lists_versions)
+{
+    qn_core_opts o;
+    qn_core_opts_default(&o);
+    fixture f;
+    setup(&f, &o);
+    models_answer a = {0};
+    qn_origin org = {.complete = on_models, .data = &a};
+    /* {"v":1,"id":"q","type":"models"} */
+    static const char job[] = "\x83\xa1v\x01\xa2id\xa1q\xa4type\xa6models";
+    qn_core_submit_bytes(f.core, job, sizeof job - 1, &org);
+    CHECK_EQ_INT(a.calls, 1); /* synchronously, at admission */
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    CHECK_EQ_INT(msgpack_unpack_next(&u, a.body.data, a.body.len, NULL), MSGPACK_UNPACK_SUCCESS);
+    const msgpack_object *r = &u.data;
+    CHECK(mp_is(mp_get(r, "status"), "ok"));
+    CHECK(mp_is(mp_get(r, "id"), "q"));
+    CHECK(mp_get(r, "outputs") == NULL);
+    const msgpack_object *ms = mp_get(r, "models");
+    CHECK(ms && ms->type == MSGPACK_OBJECT_ARRAY && ms->via.array.size == 1);
+    if (ms && ms->type == MSGPACK_OBJECT_ARRAY && ms->via.array.size == 1) {
+        const msgpack_object *m = &ms->via.array.ptr[0];
+        CHECK(mp_is(mp_get(m, "name"), "m"));
+        CHECK_EQ_INT(mp_int(mp_get(m, "latest")), 2);
+        const msgpack_object *vs = mp_get(m, "versions");
+        CHECK(vs && vs->type == MSGPACK_OBJECT_ARRAY && vs->via.array.size == 2);
+        for (uint32_t i = 0; vs && vs->type == MSGPACK_OBJECT_ARRAY && i < vs->via.array.size; i++) {
+            const msgpack_object *v = &vs->via.array.ptr[i];
+            CHECK_EQ_INT(mp_int(mp_get(v, "version")), i + 1);
+            CHECK_EQ_INT(mp_int(mp_get(v, "input_dim")), IN);
+            CHECK_EQ_INT(mp_int(mp_get(v, "output_dim")), OUT);
+            CHECK(mp_is(mp_get(v, "repr"), "f32"));
+        }
+    }
+    msgpack_unpacked_destroy(&u);
+
+    /* naming a model that is not there */
+    static const char job2[] = "\x84\xa1v\x01\xa2id\x07\xa4type\xa6models\xa5model\xa4nope";
+    qn_core_submit_bytes(f.core, job2, sizeof job2 - 1, &org);
+    CHECK_EQ_INT(a.calls, 2);
+    qn_result_view v;
+    CHECK_EQ_INT(qn_result_decode(a.body.data, a.body.len, &v), 0);
+    CHECK_EQ_INT(v.status, QN_STATUS_ERROR);
+    CHECK_EQ_INT(v.code, QN_CODE_UNKNOWN_MODEL);
+    CHECK_EQ_INT(v.id_int, 7);
+    free(v.outputs);
+    CHECK_EQ_INT(qn_core_inflight(f.core), 0);
+    qn_buf_free(&a.body);
+    teardown(&f);
+}
+
 int main(void)
 {
     for (int i = 0; i < HID * IN; i++) g_w1[i] = sinf((float)i) * 0.5f;
@@ -328,5 +418,6 @@ int main(void)
     RUN(stop_answers_everything_queued);
     RUN(too_large_on_direct_path_names_the_limit);
     RUN(cancel_answers_queued_matches_only);
+    RUN(models_job_lists_versions);
     return qn_test_done();
 }

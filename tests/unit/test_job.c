@@ -463,7 +463,10 @@ static const err_case g_err_cases[] = {
     {"{" BASE_OK ", version: -1, inputs: " TENSOR_1x2 "}", QN_CODE_BAD_JOB, 1, "version:"},
     {"{" BASE_OK ", version: '3', inputs: " TENSOR_1x2 "}", QN_CODE_BAD_JOB, 1, "version:"},
     {"{" BASE_OK ", version: 1.5, inputs: " TENSOR_1x2 "}", QN_CODE_BAD_JOB, 1, "version:"},
-    {"{" BASE_OK ", version: u18446744073709551615, inputs: " TENSOR_1x2 "}", QN_CODE_BAD_JOB, 1, "version:"},
+    {"{" BASE_OK ", version: u18446744073709551615, inputs: " TENSOR_1x2 "}", QN_CODE_BAD_JOB, 1,
+     "version: 18446744073709551615 is out of range"},
+    {"{" BASE_OK ", version: 0, inputs: " TENSOR_1x2 "}", QN_CODE_BAD_JOB, 1, "version: must be a positive int, not 0"},
+    {"{" BASE_OK ", version: '3', inputs: " TENSOR_1x2 "}", QN_CODE_BAD_JOB, 1, "version: must be a positive int, not str"},
     /* inputs */
     {"{" BASE_OK "}", QN_CODE_BAD_JOB, 1, "inputs: missing"},
     {"{" BASE_OK ", inputs: nil}", QN_CODE_BAD_JOB, 1, "inputs:"},
@@ -517,6 +520,12 @@ static const err_case g_err_cases[] = {
     {"{" BASE_OK ", inputs: " TENSOR_1x2 ", deadline_ms: 1.7e12}", QN_CODE_BAD_JOB, 1, "deadline_ms:"},
     {"{" BASE_OK ", inputs: " TENSOR_1x2 ", deadline_ms: '5'}", QN_CODE_BAD_JOB, 1, "deadline_ms:"},
     {"{" BASE_OK ", inputs: " TENSOR_1x2 ", deadline_ms: u9223372036854775808}", QN_CODE_BAD_JOB, 1, "deadline_ms:"},
+    {"{" BASE_OK ", inputs: " TENSOR_1x2 ", deadline_ms: u18446744073709551615}", QN_CODE_BAD_JOB, 1,
+     "deadline_ms: 18446744073709551615 is out of range"},
+    {"{" BASE_OK ", inputs: " TENSOR_1x2 ", deadline_ms: -1}", QN_CODE_BAD_JOB, 1, "deadline_ms: must be a non-negative int"},
+    /* models: model optional, but checked when given */
+    {"{v: 1, id: 'j9', type: 'models', model: 5}", QN_CODE_BAD_JOB, 1, "model: must be a str"},
+    {"{v: 1, id: 'j9', type: 'models', model: 'a/b'}", QN_CODE_BAD_JOB, 1, "model:"},
     {"{" BASE_OK ", inputs: " TENSOR_1x2 ", priority: -1}", QN_CODE_BAD_JOB, 1, "priority:"},
     {"{" BASE_OK ", inputs: " TENSOR_1x2 ", priority: 2147483648}", QN_CODE_BAD_JOB, 1, "priority:"},
     {"{" BASE_OK ", inputs: " TENSOR_1x2 ", priority: 'high'}", QN_CODE_BAD_JOB, 1, "priority:"},
@@ -606,6 +615,11 @@ TEST(not_msgpack)
         {"\xc9\x00\x00\x00\x01", 5, "truncated"},         /* ext missing its type byte */
         {"\x80\x00", 2, "trailing"},                      /* empty map + garbage */
         {"\x80\x80", 2, "trailing"},                      /* two messages */
+        /* JSON text: '{' and '[' are msgpack fixints, so without a look at
+         * the text this read "22 bytes of trailing data" */
+        {"{\"v\":1,\"id\":1,\"type\":\"predict\"}", 31, "looks like JSON"},
+        {" [[1, 2]]\n", 10, "looks like JSON"},
+        {"{}", 2, "looks like JSON"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         qn_job *job = (qn_job *)1;
@@ -1112,6 +1126,51 @@ TEST(python_examples)
     qn_buf_free(&b);
 }
 
+/* A models job: v, id and type are enough; a model name filters. */
+TEST(models_job)
+{
+    qn_buf b = J("{v: 1, id: 'meta', type: 'models'}");
+    qn_job *job = NULL;
+    qn_decode_error err;
+    CHECK_EQ_INT(decode_exact(b.data, b.len, NULL, &job, &err), 0);
+    CHECK(job && job->type == QN_JOB_MODELS && job->model[0] == '\0' && job->inputs == NULL);
+    qn_job_free(&job);
+    qn_buf_free(&b);
+    b = J("{v: 1, id: 3, type: 'models', model: 'digits', version: nil}");
+    CHECK_EQ_INT(decode_exact(b.data, b.len, NULL, &job, &err), 0);
+    CHECK(job && job->type == QN_JOB_MODELS);
+    if (job) CHECK_STR(job->model, "digits");
+    qn_job_free(&job);
+    qn_buf_free(&b);
+
+    /* its answer: models grouped by name, in place of outputs */
+    qn_id id = {.kind = QN_ID_STR, .s = "meta", .len = 4};
+    qn_model_info mi[3] = {{"a", 1, 4, 2, "f32"}, {"a", 3, 5, 2, "int8"}, {"b", 2, 7, 1, "mixed"}};
+    qn_result r = {.type = QN_RESULT_FINAL, .status = QN_STATUS_OK, .id = &id, .is_models = true,
+                   .models = mi, .nmodels = 3};
+    qn_buf rb = {0};
+    CHECK_EQ_INT(qn_result_encode(&r, &rb), 0);
+    qn_buf want = J("{v: 1, id: 'meta', type: 'result', status: 'ok', models: ["
+                    "{name: 'a', latest: 3, versions: [{version: 1, input_dim: 4, output_dim: 2, repr: 'f32'},"
+                    " {version: 3, input_dim: 5, output_dim: 2, repr: 'int8'}]},"
+                    " {name: 'b', latest: 2, versions: [{version: 2, input_dim: 7, output_dim: 1, repr: 'mixed'}]}]}");
+    CHECK_EQ_INT(rb.len, want.len);
+    CHECK(rb.len == want.len && memcmp(rb.data, want.data, rb.len) == 0);
+    qn_result_view v;
+    CHECK_EQ_INT(qn_result_decode(rb.data, rb.len, &v), 0);
+    CHECK(v.status == QN_STATUS_OK && v.outputs == NULL);
+    qn_buf_free(&want);
+    qn_buf_reset(&rb);
+    /* an empty repository answers an empty list, not nothing */
+    r.nmodels = 0;
+    r.models = NULL;
+    CHECK_EQ_INT(qn_result_encode(&r, &rb), 0);
+    want = J("{v: 1, id: 'meta', type: 'result', status: 'ok', models: []}");
+    CHECK(rb.len == want.len && memcmp(rb.data, want.data, rb.len) == 0);
+    qn_buf_free(&want);
+    qn_buf_free(&rb);
+}
+
 int main(void)
 {
     RUN(roundtrip_str_id);
@@ -1136,5 +1195,6 @@ int main(void)
     RUN(names);
     RUN(threads_each_own_zone);
     RUN(python_examples);
+    RUN(models_job);
     return qn_test_done();
 }
