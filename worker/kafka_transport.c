@@ -394,6 +394,20 @@ static int start_mock(kt *t)
     return 0;
 }
 
+int qn_kafka_opts_check(const qn_kafka_opts *o)
+{
+    kt *t = calloc(1, sizeof *t); /* scratch for the quern.* values */
+    if (!t) return QN_ENOMEM;
+    int rc = apply_x(t, o, 0, NULL);
+    for (int which = 1; which <= 2 && !rc; which++) {
+        rd_kafka_conf_t *c = rd_kafka_conf_new();
+        rc = apply_x(t, o, which, c);
+        rd_kafka_conf_destroy(c);
+    }
+    free(t);
+    return rc;
+}
+
 int qn_kafka_transport_create(const qn_kafka_opts *o, qn_core *core, qn_transport *out)
 {
     int rc = QN_ENOMEM;

@@ -28,6 +28,12 @@ typedef struct qn_kafka_opts {
     qn_job_limits limits;     /* decode limits (too_large past them) */
 } qn_kafka_opts;
 
+/* Checks the -X settings of opts the way qn_kafka_transport_create applies
+ * them (quern.* values, each librdkafka property on the side it goes to)
+ * without connecting anywhere, so a worker can refuse a bad one before it
+ * loads models and binds sockets. 0 or QN_EINVAL (the reason logged). */
+int qn_kafka_opts_check(const qn_kafka_opts *opts);
+
 /* Builds the consumer and producer (and the mock cluster) and subscribes;
  * nothing is consumed before start. The strings in opts are copied; core is
  * borrowed and must outlive the transport. 0, QN_EINVAL (a bad -X setting,

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -306,6 +307,50 @@ static int refuse_unbuilt(const worker_opts *o)
     return 0;
 }
 
+/* What can be checked without loading or binding anything: the repository
+ * is a directory we can read (a missing one is named as such, not as the
+ * "input/output error" a failed scan reports), and every -X setting is one
+ * librdkafka accepts. Returns 0, or the exit code (message logged). */
+static int check_config(const worker_opts *o)
+{
+    struct stat st;
+    if (stat(o->model_repo, &st) != 0) {
+        QN_LOGE("worker", "--model-repo %s: %s", o->model_repo,
+                errno == ENOENT ? "no such directory" : strerror(errno));
+        return 1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        QN_LOGE("worker", "--model-repo %s: not a directory", o->model_repo);
+        return 1;
+    }
+    if (access(o->model_repo, R_OK | X_OK) != 0) {
+        QN_LOGE("worker", "--model-repo %s: %s", o->model_repo, strerror(errno));
+        return 1;
+    }
+    if (o->kafka_brokers) {
+        qn_kafka_opts ko = {.x = o->x_conf, .nx = o->nx};
+        if (qn_kafka_opts_check(&ko)) return 2;
+    } else if (o->nx) {
+        QN_LOGW("worker", "-X settings are for the Kafka transport; without --kafka-brokers they "
+                "are ignored");
+    }
+    return 0;
+}
+
+static void count_model(void *ud, const char *name, int64_t latest) { ++*(int *)ud; }
+
+/* A worker with nothing to serve answers every job unknown_model: say so at
+ * start rather than let "ready" suggest otherwise. */
+static void warn_if_empty(qn_registry *reg, const char *repo)
+{
+    int n = 0;
+    qn_registry_each_name(reg, count_model, &n);
+    if (n == 0)
+        QN_LOGW("worker", "the model repository %s has no loadable model (want "
+                "%s/NAME/VERSION/model.safetensors); every job gets unknown_model until one appears",
+                repo, repo);
+}
+
 /* Waits until nothing is in flight or the clock passes end. */
 static int drain(qn_transport *ts, int nt, uint64_t end, int timeout_ms)
 {
@@ -383,6 +428,12 @@ int main(int argc, char **argv)
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         o.core.threads = cores > 0 ? (int)cores : 1;
     }
+    /* Configuration first: a mistake in it is refused in a line, before any
+     * model is loaded or socket bound. */
+    if ((rc = check_config(&o))) {
+        exit_code = rc;
+        goto out;
+    }
     if ((rc = qn_backend_cpu_create(o.blas_threads, &be))) {
         QN_LOGE("worker", "cannot create the CPU backend: %s", qn_strerror(rc));
         goto out;
@@ -391,6 +442,7 @@ int main(int argc, char **argv)
         QN_LOGE("worker", "cannot open model repository %s: %s", o.model_repo, qn_strerror(rc));
         goto out;
     }
+    warn_if_empty(reg, o.model_repo);
     if ((rc = qn_registry_watch(reg, o.poll_ms))) {
         QN_LOGE("worker", "cannot watch the model repository: %s", qn_strerror(rc));
         goto out;
