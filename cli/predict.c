@@ -26,13 +26,14 @@
 #include "error.h"
 #include "job.h"
 #include "kafka_client.h"
+#include "mpjson.h"
 #include "npy.h"
 #include "tensor.h"
 
 #define PREDICT_USAGE                                                                         \
     "predict (--zmq ENDPOINT | --broker ENDPOINT | --kafka BROKERS [--topic T] [--reply-topic T] [-X key=value]...) " \
     "--model NAME --input FILE [--version N] [--timeout-ms N] [--id ID] [--output FILE.npy] "      \
-    "[--max-rows N]"
+    "[--max-rows N] [--json]"
 #define MAX_X 64
 
 static void predict_help(FILE *out)
@@ -57,7 +58,9 @@ static void predict_help(FILE *out)
             "  --timeout-ms N   how long to wait for the result (default 10000)\n"
             "  --id ID          the job id (an integer or a string; default quern-predict-PID)\n"
             "  --output FILE    also write the outputs to FILE as .npy (float32)\n"
-            "  --max-rows N     rows shown in the table (default 100, 0: all)\n\n"
+            "  --max-rows N     rows shown in the table (default 100, 0: all)\n"
+            "  --json           print the result message as one line of JSON instead of the\n"
+            "                   table (outputs as nested lists; quern decode's conversion)\n\n"
             "Exit status: 0 result ok, 1 error result / timeout / failure, 2 usage.\n");
 }
 
@@ -136,7 +139,19 @@ typedef struct awaited {
     int64_t id_int;
     qn_result_view res; /* the accepted result (outputs owned) */
     int decode_rc;      /* nonzero: the accepted reply was not a result */
+    void *raw;          /* the accepted reply's bytes (malloc'd), for --json */
+    size_t raw_len;
 } awaited;
+
+/* Keeps the accepted reply's bytes. */
+static void keep_raw(awaited *a, const void *buf, size_t len)
+{
+    a->raw = malloc(len ? len : 1);
+    if (a->raw) {
+        memcpy(a->raw, buf, len);
+        a->raw_len = len;
+    }
+}
 
 /* Judges one reply; true when it ends the wait. trusted: the reply is known
  * to answer this job whatever it holds (the private ZeroMQ socket; on Kafka,
@@ -152,6 +167,7 @@ static bool take_reply(const void *buf, size_t len, bool trusted, void *arg)
     if (rc) {
         if (!trusted) return false;
         a->decode_rc = rc;
+        keep_raw(a, buf, len);
         return true;
     }
     bool mine = a->id_str ? (v.id_kind == QN_ID_STR && !strcmp(v.id_str, a->id_str))
@@ -159,6 +175,7 @@ static bool take_reply(const void *buf, size_t len, bool trusted, void *arg)
                              v.id_int == a->id_int);
     if (mine || (trusted && v.id_kind == QN_ID_NIL)) {
         a->res = v;
+        keep_raw(a, buf, len);
         return true;
     }
     free(v.outputs);
@@ -274,6 +291,7 @@ static int predict_run(int argc, char **argv)
         {"kafka", required_argument, NULL, 'k'},      {"topic", required_argument, NULL, 'T'},
         {"reply-topic", required_argument, NULL, 'R'}, {"help", no_argument, NULL, 'h'},
         {"broker", required_argument, NULL, 'B'},
+        {"json", no_argument, NULL, 'j'},
         {NULL, 0, NULL, 0},
     };
     const char *endpoint = NULL, *brokers = NULL, *topic = NULL, *reply_topic = NULL, *mdp = NULL;
@@ -281,6 +299,7 @@ static int predict_run(int argc, char **argv)
     const char *props[MAX_X];
     int nprops = 0;
     int64_t version = 0, timeout_ms = 10000, max_rows = 100;
+    bool json = false;
     int ret = 1;
     qn_matrix m = {0};
     qn_buf msg = {0};
@@ -325,6 +344,7 @@ static int predict_run(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'j': json = true; break;
         case 'h': predict_help(stdout); return 0;
         default:
             fprintf(stderr, "quern predict: unknown or incomplete option '%s'\n", argv[optind - 1]);
@@ -393,12 +413,28 @@ static int predict_run(int argc, char **argv)
     double ms = (double)(qn_now_ns() - t0) / 1e6;
     const qn_result_view *res = &a.res;
 
+    if (json && a.raw) {
+        /* The reply as it came, whatever it holds; the exit status still
+         * says whether it was an ok result. */
+        json_t *jv = qn_mpjson_convert(a.raw, a.raw_len, NULL, NULL);
+        char *line = jv ? qn_mpjson_dumps(jv) : NULL;
+        json_decref(jv);
+        if (line) puts(line);
+        else fprintf(stderr, "quern predict: the reply cannot be shown as JSON\n");
+        free(line);
+    }
     if (a.decode_rc) {
         fprintf(stderr, "quern predict: the reply is not a valid result message (%s)\n",
                 qn_strerror(a.decode_rc));
         goto out;
     }
     if (res->status != QN_STATUS_OK) {
+        if (json) {
+            fprintf(stderr, "quern predict: %s: %s: %s\n", qn_status_name(res->status),
+                    res->code != QN_CODE_NONE ? qn_code_name(res->code) : "(no code)",
+                    res->message[0] ? res->message : "(no message)");
+            goto out;
+        }
         printf("status   %s\n", qn_status_name(res->status));
         if (res->model[0]) printf("model    %s\n", res->model);
         fprintf(stderr, "quern predict: %s: %s: %s\n", qn_status_name(res->status),
@@ -409,8 +445,10 @@ static int predict_run(int argc, char **argv)
     if (res->outputs && res->rows != m.rows)
         fprintf(stderr, "quern predict: warning: %" PRId64 " input rows but %" PRId64 " output rows\n",
                 m.rows, res->rows);
-    print_result(res, max_rows);
-    printf("\n%" PRId64 " rows in %.2f ms\n", m.rows, ms);
+    if (!json) {
+        print_result(res, max_rows);
+        printf("\n%" PRId64 " rows in %.2f ms\n", m.rows, ms);
+    }
     if (output) {
         if (!res->outputs) {
             fprintf(stderr, "quern predict: no outputs to write to %s\n", output);
@@ -426,6 +464,7 @@ static int predict_run(int argc, char **argv)
     ret = 0;
 out:
     free(a.res.outputs);
+    free(a.raw);
     qn_buf_free(&msg);
     qn_matrix_free(&m);
     return ret;
