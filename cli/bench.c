@@ -27,10 +27,13 @@
 #include "cli.h"
 #include "error.h"
 #include "job.h"
+#include "mpjson.h"
 #include "tensor.h"
 
+#include <msgpack.h>
+
 #define BENCH_USAGE                                                                        \
-    "bench (--zmq ENDPOINT | --broker ENDPOINT) --model NAME --cols C [--rows R] [--jobs N] [--window W] "         \
+    "bench (--zmq ENDPOINT | --broker ENDPOINT) --model NAME [--cols C] [--rows R] [--jobs N] [--window W] "       \
     "[--pool P] [--seed S] [--version V] [--warmup N] [--timeout-ms N] [--json]"
 
 static void bench_help(FILE *out)
@@ -38,11 +41,13 @@ static void bench_help(FILE *out)
     fprintf(out,
             "usage: quern " BENCH_USAGE "\n\n"
             "Keeps W predict jobs of R x C random inputs in flight and reports jobs/s, rows/s,\n"
-            "latency percentiles (microseconds, send to reply) and result statuses.\n\n"
+            "latency percentiles (microseconds, send to reply) and result statuses. Only ok\n"
+            "results count toward jobs/s and latency; errors are counted apart, per code.\n\n"
             "  --zmq ENDPOINT   the server's ROUTER endpoint\n"
             "  --broker ENDPOINT or: a quern-broker's endpoint (MDP client, the model as service)\n"
             "  --model NAME     model name sent in every job\n"
-            "  --cols C         input columns (the model's input width)\n"
+            "  --cols C         input columns (default: the model's input width, asked of the\n"
+            "                   worker with a \"models\" job; needed for servers without one)\n"
             "  --rows R         rows per job (default 1)\n"
             "  --jobs N         measured jobs (default 100000)\n"
             "  --window W       jobs in flight (default 64)\n"
@@ -53,7 +58,8 @@ static void bench_help(FILE *out)
             "  --warmup N       jobs sent and awaited before measuring (default 1000)\n"
             "  --timeout-ms N   give up when nothing arrives for this long (default 10000)\n"
             "  --json           also print one JSON line with every number\n\n"
-            "Exit status: 0 every job answered, 1 stall or failure, 2 usage.\n");
+            "Exit status: 0 every job answered ok, 1 any job failed (error, expired,\n"
+            "rejected), a stall or a failure, 2 usage.\n");
 }
 
 
@@ -110,8 +116,9 @@ typedef struct bench {
     int64_t npool;
     int64_t window;
     uint64_t *sent_ns;  /* per id; 0 once answered */
-    uint64_t *lat_ns;   /* per measured job, in completion order */
+    uint64_t *lat_ns;   /* per measured ok job, in completion order */
     int64_t nlat;
+    int64_t answered;   /* measured jobs answered, whatever the status */
     counts c;
     int timeout_ms;
     uint64_t t_last_recv;
@@ -134,7 +141,8 @@ static bool on_reply(bench *b, const void *data, size_t len, uint64_t now, int64
         return false;
     }
     if (record) {
-        b->lat_ns[b->nlat++] = now - b->sent_ns[v.id_int];
+        b->answered++;
+        if (v.status == QN_STATUS_OK) b->lat_ns[b->nlat++] = now - b->sent_ns[v.id_int];
         switch (v.status) {
         case QN_STATUS_OK: b->c.ok++; break;
         case QN_STATUS_EXPIRED: b->c.expired++; break;
@@ -254,6 +262,88 @@ static double cpu_seconds(void)
            (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
+/* Asks the server for the model's input width with a "models" job
+ * (schemas/job.md) on the bench's own socket, before any predict job is
+ * sent. 0 and *cols set, or 1 with the reason printed. */
+static int ask_cols(void *sock, const char *model, int64_t version, int timeout_ms, int64_t *cols)
+{
+    static const char id[] = "quern-bench-models";
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 4);
+    msgpack_pack_str_with_body(&pk, "v", 1);
+    msgpack_pack_int(&pk, 1);
+    msgpack_pack_str_with_body(&pk, "id", 2);
+    msgpack_pack_str_with_body(&pk, id, sizeof id - 1);
+    msgpack_pack_str_with_body(&pk, "type", 4);
+    msgpack_pack_str_with_body(&pk, "models", 6);
+    msgpack_pack_str_with_body(&pk, "model", 5);
+    msgpack_pack_str_with_body(&pk, model, strlen(model));
+    int sent = zmq_send(sock, sb.data, sb.size, 0);
+    msgpack_sbuffer_destroy(&sb);
+    if (sent < 0) {
+        fprintf(stderr, "quern bench: send: %s\n", zmq_strerror(errno));
+        return 1;
+    }
+    uint64_t deadline = qn_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    zmq_msg_t part;
+    zmq_msg_init(&part);
+    int ret = 1;
+    for (;;) {
+        uint64_t now = qn_now_ns();
+        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+        if (now >= deadline || zmq_poll(&it, 1, (long)((deadline - now) / 1000000 + 1)) == 0) {
+            fprintf(stderr, "quern bench: the server did not say the width of model '%s' within %d ms "
+                            "(it may not answer \"models\" jobs); give --cols\n", model, timeout_ms);
+            break;
+        }
+        if (zmq_msg_recv(&part, sock, ZMQ_DONTWAIT) < 0) {
+            if (errno == EAGAIN || errno == EINTR) continue;
+            fprintf(stderr, "quern bench: receive: %s\n", zmq_strerror(errno));
+            break;
+        }
+        if (zmq_msg_more(&part)) continue;
+        json_t *r = qn_mpjson_convert(zmq_msg_data(&part), zmq_msg_size(&part), NULL, NULL);
+        json_t *rid = json_object_get(r, "id");
+        if (!json_is_string(rid) || strcmp(json_string_value(rid), id)) {
+            json_decref(r);
+            continue; /* not the answer to this */
+        }
+        const char *status = json_string_value(json_object_get(r, "status"));
+        json_t *err = json_object_get(r, "error");
+        json_t *ms = json_object_get(r, "models");
+        if (!status || strcmp(status, "ok") || !json_is_array(ms)) {
+            fprintf(stderr, "quern bench: cannot learn the width of model '%s' from the server (%s: %s); "
+                            "give --cols\n", model,
+                    json_string_value(json_object_get(err, "code")) ? json_string_value(json_object_get(err, "code")) : "no models list",
+                    json_string_value(json_object_get(err, "message")) ? json_string_value(json_object_get(err, "message")) : "");
+            json_decref(r);
+            break;
+        }
+        size_t i, j;
+        json_t *m, *v;
+        json_array_foreach(ms, i, m) {
+            const char *name = json_string_value(json_object_get(m, "name"));
+            if (!name || strcmp(name, model)) continue;
+            json_int_t want = version ? version : json_integer_value(json_object_get(m, "latest"));
+            json_array_foreach(json_object_get(m, "versions"), j, v) {
+                if (json_integer_value(json_object_get(v, "version")) != want) continue;
+                *cols = json_integer_value(json_object_get(v, "input_dim"));
+                if (*cols > 0) ret = 0;
+            }
+        }
+        if (ret)
+            fprintf(stderr, "quern bench: the server lists no %s%.0lld of model '%s'; give --cols\n",
+                    version ? "version " : "latest version", (long long)version, model);
+        json_decref(r);
+        break;
+    }
+    zmq_msg_close(&part);
+    return ret;
+}
+
 static int bench_run(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -310,18 +400,37 @@ static int bench_run(int argc, char **argv)
         fprintf(stderr, "quern bench: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (!endpoint == !broker || !model || !cols) {
-        fprintf(stderr, "quern bench: one of --zmq or --broker, and --model and --cols, are required\n");
+    if (!endpoint == !broker || !model || (broker && !cols)) {
+        fprintf(stderr, "quern bench: one of --zmq or --broker, and --model, are required (and --cols with "
+                        "--broker)\n");
         bench_help(stderr);
         return 2;
     }
+    bool ask = !cols; /* a worker on --zmq says the width (a models job) */
     if (broker) {
         endpoint = broker;
         b.mdp_service = model;
     }
+
+    ctx = zmq_ctx_new();
+    b.sock = ctx ? zmq_socket(ctx, ZMQ_DEALER) : NULL;
+    if (!b.sock) {
+        fprintf(stderr, "quern bench: zmq: %s\n", zmq_strerror(errno));
+        goto out;
+    }
+    int linger = 0, hwm = (int)(window * 2 > 1000 ? window * 2 : 1000);
+    zmq_setsockopt(b.sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(b.sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(b.sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    if (zmq_connect(b.sock, endpoint) != 0) {
+        fprintf(stderr, "quern bench: cannot connect to '%s': %s\n", endpoint, zmq_strerror(errno));
+        goto out;
+    }
+    if (ask && ask_cols(b.sock, model, version, (int)timeout_ms, &cols)) goto out;
     if ((double)npool * (double)rows * (double)cols * 4.0 > 2e9) {
         fprintf(stderr, "quern bench: the input pool would take over 2 GB; lower --pool\n");
-        return 2;
+        ret = 2;
+        goto out;
     }
 
     /* ---- pre-encode the pool */
@@ -373,20 +482,6 @@ static int bench_run(int argc, char **argv)
         }
     }
 
-    ctx = zmq_ctx_new();
-    b.sock = ctx ? zmq_socket(ctx, ZMQ_DEALER) : NULL;
-    if (!b.sock) {
-        fprintf(stderr, "quern bench: zmq: %s\n", zmq_strerror(errno));
-        goto out;
-    }
-    int linger = 0, hwm = (int)(window * 2 > 1000 ? window * 2 : 1000);
-    zmq_setsockopt(b.sock, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(b.sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(b.sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    if (zmq_connect(b.sock, endpoint) != 0) {
-        fprintf(stderr, "quern bench: cannot connect to '%s': %s\n", endpoint, zmq_strerror(errno));
-        goto out;
-    }
 
     if (warmup > 0 && run_phase(&b, 0, warmup, false) != 0) {
         fprintf(stderr, "quern bench: warmup failed\n");
@@ -396,13 +491,14 @@ static int bench_run(int argc, char **argv)
     double cpu0 = cpu_seconds();
     uint64_t t0 = qn_now_ns();
     int prc = run_phase(&b, warmup, total, true);
-    uint64_t t1 = b.nlat ? b.t_last_recv : qn_now_ns();
+    uint64_t t1 = b.answered ? b.t_last_recv : qn_now_ns();
     double cpu = cpu_seconds() - cpu0;
     b.c.unmatched -= unmatched_warmup;
 
     double secs = (double)(t1 - t0) / 1e9;
     qsort(b.lat_ns, (size_t)b.nlat, sizeof *b.lat_ns, cmp_u64);
-    double jps = secs > 0 ? (double)b.nlat / secs : 0;
+    double jps = secs > 0 ? (double)b.nlat / secs : 0; /* ok answers only */
+    uint64_t failed = b.c.error + b.c.expired + b.c.rejected;
     double p50 = pct_us(b.lat_ns, b.nlat, 0.50), p90 = pct_us(b.lat_ns, b.nlat, 0.90),
            p99 = pct_us(b.lat_ns, b.nlat, 0.99), p999 = pct_us(b.lat_ns, b.nlat, 0.999),
            pmax = b.nlat ? (double)b.lat_ns[b.nlat - 1] / 1e3 : 0;
@@ -410,8 +506,9 @@ static int bench_run(int argc, char **argv)
     printf("quern bench: %" PRId64 " jobs of %" PRId64 " x %" PRId64 ", window %" PRId64 ", pool %" PRId64
            ", model %s, %s\n",
            jobs, rows, cols, window, npool, model, endpoint);
-    printf("  answered   %" PRId64 " in %.3f s\n", b.nlat, secs);
-    printf("  jobs/s     %.1f\n", jps);
+    printf("  answered   %" PRId64 " in %.3f s (ok %" PRIu64 ", failed %" PRIu64 ")\n", b.answered, secs,
+           b.c.ok, failed);
+    printf("  jobs/s     %.1f%s\n", jps, failed ? " (ok jobs only)" : "");
     printf("  rows/s     %.1f\n", jps * (double)rows);
     printf("  latency us p50 %.1f  p90 %.1f  p99 %.1f  p999 %.1f  max %.1f\n", p50, p90, p99, p999, pmax);
     printf("  status     ok %" PRIu64 "  error %" PRIu64 "  expired %" PRIu64 "  rejected %" PRIu64
@@ -424,7 +521,19 @@ static int bench_run(int argc, char **argv)
         any_code = true;
     }
     if (any_code) printf("\n");
-    printf("  client cpu %.3f s (%.2f us/job)\n", cpu, b.nlat ? cpu * 1e6 / (double)b.nlat : 0.0);
+    printf("  client cpu %.3f s (%.2f us/job)\n", cpu, b.answered ? cpu * 1e6 / (double)b.answered : 0.0);
+    if (failed) {
+        /* A run whose jobs fail measures how fast errors come back, not the
+         * model: say so where scripts look (stderr, exit status). */
+        fprintf(stderr, "quern bench: %" PRIu64 " of %" PRId64 " answered jobs failed (", failed, b.answered);
+        bool first = true;
+        for (int k = 1; k < QN_CODE_COUNT; k++)
+            if (b.c.codes[k]) {
+                fprintf(stderr, "%s%s %" PRIu64, first ? "" : ", ", qn_code_name((qn_code)k), b.c.codes[k]);
+                first = false;
+            }
+        fprintf(stderr, "); jobs/s and latency count the %" PRIu64 " ok jobs only\n", b.c.ok);
+    }
 
     if (json) {
         json_t *codes = json_object();
@@ -432,15 +541,15 @@ static int bench_run(int argc, char **argv)
             if (b.c.codes[k]) json_object_set_new(codes, qn_code_name((qn_code)k), json_integer((json_int_t)b.c.codes[k]));
         json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f,"
                               " s:{s:f, s:f, s:f, s:f, s:f},"
-                              " s:I, s:I, s:I, s:I, s:I, s:o, s:f, s:b}",
+                              " s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:f, s:b}",
                               "endpoint", endpoint, "model", model, "jobs", (json_int_t)jobs,
                               "rows", (json_int_t)rows, "cols", (json_int_t)cols,
                               "window", (json_int_t)window, "pool", (json_int_t)npool,
-                              "answered", (json_int_t)b.nlat, "elapsed_s", secs, "jobs_per_s", jps,
+                              "answered", (json_int_t)b.answered, "elapsed_s", secs, "jobs_per_s", jps,
                               "rows_per_s", jps * (double)rows, "latency_us", "p50", p50, "p90", p90,
                               "p99", p99, "p999", p999, "max", pmax, "ok", (json_int_t)b.c.ok,
                               "error", (json_int_t)b.c.error, "expired", (json_int_t)b.c.expired,
-                              "rejected", (json_int_t)b.c.rejected, "unmatched",
+                              "rejected", (json_int_t)b.c.rejected, "failed", (json_int_t)failed, "unmatched",
                               (json_int_t)b.c.unmatched, "codes", codes, "client_cpu_s", cpu,
                               "complete", prc == 0);
         char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
@@ -449,7 +558,7 @@ static int bench_run(int argc, char **argv)
         json_decref(o);
     }
     fflush(stdout);
-    ret = prc == 0 ? 0 : 1;
+    ret = prc == 0 && failed == 0 ? 0 : 1;
 out:
     if (b.pool)
         for (int64_t p = 0; p < npool; p++) qn_buf_free(&b.pool[p].buf);
