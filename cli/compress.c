@@ -4,9 +4,12 @@
  * the size before and after and each layer's representation and sparsity,
  * and with --eval measures the error (and with --labels the accuracy) of the
  * written file, loaded back through the worker's loader, against IN. */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "compress.h"
@@ -41,6 +44,32 @@ static void human(size_t n, char *buf, size_t len)
     else snprintf(buf, len, "%.2f MiB", n / (1024.0 * 1024));
 }
 
+/* A hidden name beside path (same directory, so the rename is atomic):
+ * DIR/.BASE.quern-compress-PID. malloc'd; NULL on allocation failure. */
+static char *temp_beside(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    size_t dirlen = slash ? (size_t)(slash - path + 1) : 0;
+    size_t n = strlen(path) + 48;
+    char *t = malloc(n);
+    if (t) snprintf(t, n, "%.*s.%s.quern-compress-%ld", (int)dirlen, path, path + dirlen, (long)getpid());
+    return t;
+}
+
+/* The rename is durable once the directory is on disk too. Best effort:
+ * the file itself was fsynced before the rename. */
+static void sync_dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path + (slash == path)) : 1, slash ? path : ".");
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
 static int compress_run(int argc, char **argv)
 {
     qn_compress_opts o = {0};
@@ -71,38 +100,13 @@ static int compress_run(int argc, char **argv)
     qn_compress_layer *info = NULL;
     qn_matrix x = {0}, y = {0};
     qn_npy_error nerr;
+    char *tmp = NULL;
     if ((rc = qn_model_load(in, "", 0, &m, err, sizeof err))) {
         fprintf(stderr, "quern compress: %s: %s\n", in, err);
         goto done;
     }
-    info = calloc((size_t)m->nlayers, sizeof *info);
-    if (!info) goto done;
-    if ((rc = qn_compress_write(m, &o, out, info, err, sizeof err))) {
-        fprintf(stderr, "quern compress: %s\n", err);
-        if (rc == QN_EINVAL) status = 2;
-        goto done;
-    }
-    /* load it back as the worker would: proves the file is valid and gives
-     * the true size */
-    if ((rc = qn_model_load(out, "", 0, &c, err, sizeof err))) {
-        fprintf(stderr, "quern compress: the written %s does not load: %s\n", out, err);
-        goto done;
-    }
-    char hb[32], ha[32];
-    human(m->file_bytes, hb, sizeof hb);
-    human(c->file_bytes, ha, sizeof ha);
-    printf("%s: %zu bytes (%s) -> %s: %zu bytes (%s), %.2fx smaller\n", in, m->file_bytes, hb, out, c->file_bytes,
-           ha, (double)m->file_bytes / (double)c->file_bytes);
-    printf("  %-3s %-9s %17s  %-10s %12s %9s %14s %14s\n", "#", "repr", "in -> out", "activation", "nnz", "sparsity",
-           "bytes before", "bytes after");
-    for (int i = 0; i < m->nlayers; i++) {
-        const qn_compress_layer *L = &info[i];
-        char io[48];
-        snprintf(io, sizeof io, "%lld -> %lld", (long long)L->in, (long long)L->out);
-        printf("  %-3d %-9s %17s  %-10s %12lld %8.1f%% %14zu %14zu\n", i, qn_rep_name(L->rep), io,
-               qn_act_name(c->layers[i].act), (long long)L->nnz, 100.0 * (1.0 - (double)L->nnz / ((double)L->in * (double)L->out)),
-               L->bytes_before, L->bytes_after);
-    }
+    /* Every check on the inputs comes before anything is written: OUT may
+     * be a version directory a worker is watching. */
     if (xpath) {
         if ((rc = qn_matrix_read(xpath, &x, &nerr))) {
             fprintf(stderr, "quern compress: --eval %s: %s\n", xpath, nerr.message);
@@ -125,13 +129,55 @@ static int compress_run(int argc, char **argv)
                 goto done;
             }
         }
-        qn_compress_eval ev;
+    }
+    info = calloc((size_t)m->nlayers, sizeof *info);
+    if (!info || !(tmp = temp_beside(out))) goto done;
+    /* Written under a hidden temporary name in OUT's directory (no worker
+     * loads it: only model.safetensors is a model), loaded back and
+     * evaluated there, and renamed to OUT only when all of that passed. */
+    if ((rc = qn_compress_write(m, &o, tmp, info, err, sizeof err))) {
+        fprintf(stderr, "quern compress: %s\n", err);
+        if (rc == QN_EINVAL) status = 2;
+        goto done;
+    }
+    /* load it back as the worker would: proves the file is valid and gives
+     * the true size */
+    if ((rc = qn_model_load(tmp, "", 0, &c, err, sizeof err))) {
+        fprintf(stderr, "quern compress: the compressed model does not load: %s\n", err);
+        goto done;
+    }
+    qn_compress_eval ev = {0};
+    if (xpath) {
         rc = qn_compress_evaluate(m, c, x.data, x.rows, ypath ? y.data : NULL, ypath ? y.cols : 0, &ev);
         if (rc) {
             fprintf(stderr, "quern compress: evaluation failed: %s%s\n", qn_strerror(rc),
                     rc == QN_EINVAL ? " (a label is not a class index of this model)" : "");
             goto done;
         }
+    }
+    if (rename(tmp, out) != 0) {
+        fprintf(stderr, "quern compress: cannot rename %s to %s: %s\n", tmp, out, strerror(errno));
+        goto done;
+    }
+    free(tmp);
+    tmp = NULL;
+    sync_dir_of(out);
+    char hb[32], ha[32];
+    human(m->file_bytes, hb, sizeof hb);
+    human(c->file_bytes, ha, sizeof ha);
+    printf("%s: %zu bytes (%s) -> %s: %zu bytes (%s), %.2fx smaller\n", in, m->file_bytes, hb, out, c->file_bytes,
+           ha, (double)m->file_bytes / (double)c->file_bytes);
+    printf("  %-3s %-9s %17s  %-10s %12s %9s %14s %14s\n", "#", "repr", "in -> out", "activation", "nnz", "sparsity",
+           "bytes before", "bytes after");
+    for (int i = 0; i < m->nlayers; i++) {
+        const qn_compress_layer *L = &info[i];
+        char io[48];
+        snprintf(io, sizeof io, "%lld -> %lld", (long long)L->in, (long long)L->out);
+        printf("  %-3d %-9s %17s  %-10s %12lld %8.1f%% %14zu %14zu\n", i, qn_rep_name(L->rep), io,
+               qn_act_name(c->layers[i].act), (long long)L->nnz, 100.0 * (1.0 - (double)L->nnz / ((double)L->in * (double)L->out)),
+               L->bytes_before, L->bytes_after);
+    }
+    if (xpath) {
         printf("eval on %s (%lld rows): max |error| %.6g, mean |error| %.6g\n", xpath, (long long)x.rows, ev.max_abs,
                ev.mean_abs);
         if (ev.has_accuracy)
@@ -139,6 +185,10 @@ static int compress_run(int argc, char **argv)
     }
     status = 0;
 done:
+    if (tmp) {
+        unlink(tmp); /* nothing half-checked is left behind */
+        free(tmp);
+    }
     qn_matrix_free(&x);
     qn_matrix_free(&y);
     free(info);
