@@ -43,14 +43,16 @@ static int cache_stats(const char *dir)
 
 static int cache_main(int argc, char **argv)
 {
+    /* --help wherever it is (`quern cache stats --help` too), never a DIR */
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: quern " CACHE_USAGE "\n\n"
+                   "Prints entries, sizes and the counters every worker sharing the cache\n"
+                   "added up (hits, misses, inserts, evictions, checksum and write failures).\n"
+                   "Opens the cache read-only: safe while workers run.\n");
+            return 0;
+        }
     if (argc == 3 && !strcmp(argv[1], "stats")) return cache_stats(argv[2]);
-    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        printf("usage: quern " CACHE_USAGE "\n\n"
-               "Prints entries, sizes and the counters every worker sharing the cache\n"
-               "added up (hits, misses, inserts, evictions, checksum and write failures).\n"
-               "Opens the cache read-only: safe while workers run.\n");
-        return 0;
-    }
     fprintf(stderr, "usage: quern " CACHE_USAGE "\n");
     return 2;
 }

@@ -34,15 +34,39 @@ static int by_name(const void *a, const void *b)
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: quern <command> [options]\n\ncommands:\n");
+    fprintf(out, "usage: quern [-v] <command> [options]\n\ncommands:\n");
     for (int i = 0; i < n_commands; i++)
         fprintf(out, "  quern %s\n", commands[i]->usage ? commands[i]->usage : commands[i]->name);
-    fprintf(out, "\n`quern <command> --help` describes a command's options.\n");
+    fprintf(out, "\n`quern <command> --help` describes a command's options.\n"
+                 "Log lines go to stderr; only warnings and errors unless -v (info) or -vv (debug)\n"
+                 "is given, before or after the command, or QN_LOG=error|warn|info|debug is set.\n");
+}
+
+/* Takes -v, -vv and --verbose out of argv (anywhere: `quern -v inspect F`
+ * and `quern inspect F -v` alike) and returns how many v's there were.
+ * No subcommand has an option or value spelled so. */
+static int take_verbose(int *argc, char **argv)
+{
+    int v = 0, w = 1;
+    for (int i = 1; i < *argc; i++) {
+        if (!strcmp(argv[i], "-v") || !strcmp(argv[i], "--verbose")) v++;
+        else if (!strcmp(argv[i], "-vv")) v += 2;
+        else argv[w++] = argv[i];
+    }
+    argv[w] = NULL;
+    *argc = w;
+    return v;
 }
 
 int main(int argc, char **argv)
 {
+    /* The CLI's output is its answer; the library's progress notes (kernel
+     * paths, backend threads) would only clutter it, so the default is
+     * warnings and errors. QN_LOG sets a level, -v raises it. */
+    qn_log_set_level(QN_LOG_WARN);
     qn_log_init_from_env();
+    int verbose = take_verbose(&argc, argv);
+    if (verbose) qn_log_set_level(verbose >= 2 ? QN_LOG_DEBUG : QN_LOG_INFO);
     /* constructor order is link order; sort so the usage reads the same on every build */
     qsort(commands, (size_t)n_commands, sizeof commands[0], by_name);
 
