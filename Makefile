@@ -4,10 +4,13 @@
 #   make test   deps + build + every test through ctest
 #   make demo   deps + build + the demo: a worker answering a digits classifier
 #   make asan   build with address,undefined sanitizers into build-asan/ and run the tests
+#   make install  build, then install quern-worker, quern (and quern-broker) into
+#               $(PREFIX)/bin (default /usr/local; DESTDIR=... stages a package)
 BUILD ?= build
 CMAKE_FLAGS ?=
 JOBS ?= $(shell nproc)
 PY := /usr/bin/python3
+PREFIX ?= /usr/local
 
 PACKAGES := build-essential cmake pkg-config libzmq3-dev libmsgpack-dev liblmdb-dev lmdb-utils \
 	libopenblas-dev libjansson-dev libxxhash-dev librdkafka-dev kcat \
@@ -15,7 +18,7 @@ PACKAGES := build-essential cmake pkg-config libzmq3-dev libmsgpack-dev liblmdb-
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build deps test demo asan bench clean
+.PHONY: all build deps test demo asan bench clean install
 
 all: build
 
@@ -39,6 +42,9 @@ demo: deps build
 asan: deps
 	$(MAKE) BUILD=build-asan CMAKE_FLAGS="-DQN_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)" build
 	ctest --test-dir build-asan --output-on-failure -j $(JOBS)
+
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
 
 clean:
 	rm -rf $(BUILD) build-asan
