@@ -2,7 +2,10 @@
 quern-kafka-mock: the result table and --output match numpy, reply topics
 (the default quern.predict.PID auto-created, and one shared by concurrent
 calls that must each get their own result), error results (exit 1, code
-printed), timeouts with no worker, unreachable brokers and usage errors."""
+printed), timeouts with no worker, unreachable brokers and usage errors;
+results read back with kcat and `quern decode` (both framings), and a
+"models" metadata job served over Kafka."""
+import json
 import os
 import subprocess
 import tempfile
@@ -11,11 +14,11 @@ import time
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
-from kafka_harness import Mock, kafka_worker
+from kafka_harness import Mock, kafka_worker, produce_jobs, producer
 from qn_harness import BUILD, CLI, Runner, make_repo, quern_model
 
 LAYERS = quern_model.random_mlp([6, 12, 4], ["relu", "softmax"], 3)
-TOPICS = ["quern.jobs:4", "quern.results:2", "quern.dlq:1", "shared.replies:3"]
+TOPICS = ["quern.jobs:4", "quern.results:2", "quern.dlq:1", "shared.replies:3", "decode.replies:1"]
 
 
 def cli(*args, timeout=60):
@@ -97,6 +100,35 @@ def test_error_result(bs, d):
     assert rc == 1 and "shape_mismatch" in se, (so, se)
 
 
+def test_kcat_decode(bs, d):
+    """A predict job and a models job with reply_to decode.replies; kcat
+    reads the binary results, quern decode turns them into JSON lines: with
+    kcat's default output (a newline after each payload) and with
+    -f '%R%s' (--length-prefixed)."""
+    x = np.random.default_rng(5).standard_normal((2, 6)).astype(np.float32)
+    p = producer(bs)
+    produce_jobs(p, "quern.jobs", [
+        {"v": 1, "id": "kd-1", "type": "predict", "model": "m", "reply_to": "decode.replies",
+         "inputs": {"dtype": "f32", "shape": [2, 6], "data": x.tobytes()}},
+        {"v": 1, "id": "kd-2", "type": "models", "reply_to": "decode.replies"},
+    ])
+    for fmt, args in ((None, []), ("%R%s", ["--length-prefixed"])):
+        kcat = ["kcat", "-C", "-b", bs, "-t", "decode.replies", "-o", "beginning", "-c", "2", "-q"]
+        if fmt:
+            kcat += ["-f", fmt]
+        k = subprocess.run(kcat, capture_output=True, timeout=60)
+        assert k.returncode == 0, k.stderr
+        q = subprocess.run([CLI, "decode"] + args, input=k.stdout, capture_output=True, timeout=30)
+        assert q.returncode == 0, q.stderr
+        got = {r["id"]: r for r in (json.loads(l) for l in q.stdout.decode().splitlines())}
+        assert set(got) == {"kd-1", "kd-2"}, got
+        assert got["kd-1"]["status"] == "ok", got
+        np.testing.assert_allclose(np.array(got["kd-1"]["outputs"], np.float32),
+                                   quern_model.forward(LAYERS, x), rtol=2e-4, atol=2e-5)
+        assert got["kd-2"]["models"] == [{"name": "m", "latest": 1, "versions": [
+            {"version": 1, "input_dim": 6, "output_dim": 4, "repr": "f32"}]}], got["kd-2"]
+
+
 def test_timeout_without_worker(bs, d):
     x = np.ones((1, 6), np.float32)
     t0 = time.time()
@@ -141,6 +173,7 @@ if __name__ == "__main__":
             r.run(test_ok_matches_numpy, mk.bootstrap, d)
             r.run(test_shared_reply_topic, mk.bootstrap, d)
             r.run(test_error_result, mk.bootstrap, d)
+            r.run(test_kcat_decode, mk.bootstrap, d)
             r.run(test_usage, mk.bootstrap, d)
             assert w.stop() == 0
     r.run(test_unreachable_brokers, d)
