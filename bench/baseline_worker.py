@@ -17,7 +17,7 @@ Usage:
 
 The served model name defaults to the repository layout's <name> directory
 (REPO/<name>/<version>/model.safetensors), else the file's stem. Only the
-quern.mlp.v1 base format (CONTRACT.md section 2) is understood.
+quern.mlp.v1 base format (schemas/model.md) is understood.
 """
 import argparse
 import json

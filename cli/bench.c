@@ -47,7 +47,7 @@ static void bench_help(FILE *out)
             "  --broker ENDPOINT or: a quern-broker's endpoint (MDP client, the model as service)\n"
             "  --model NAME     model name sent in every job\n"
             "  --cols C         input columns (default: the model's input width, asked of the\n"
-            "                   worker with a \"models\" job; needed for servers without one)\n"
+            "                   worker with a \"models\" job; required with --broker)\n"
             "  --rows R         rows per job (default 1)\n"
             "  --jobs N         measured jobs (default 100000)\n"
             "  --window W       jobs in flight (default 64)\n"
