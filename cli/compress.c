@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -128,6 +129,17 @@ static int compress_run(int argc, char **argv)
                         ypath, (long long)x.rows, (long long)y.rows, (long long)y.cols);
                 goto done;
             }
+        }
+    }
+    {
+        /* the temporary name would otherwise be what the error names */
+        const char *slash = strrchr(out, '/');
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - out + (slash == out)) : 1, slash ? out : ".");
+        struct stat st;
+        if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            fprintf(stderr, "quern compress: %s: no such directory (create it first)\n", dir);
+            goto done;
         }
     }
     info = calloc((size_t)m->nlayers, sizeof *info);

@@ -329,7 +329,7 @@ static int check_config(const worker_opts *o)
     }
     if (o->kafka_brokers) {
         qn_kafka_opts ko = {.x = o->x_conf, .nx = o->nx};
-        if (qn_kafka_opts_check(&ko)) return 2;
+        if (qn_kafka_opts_check(&ko)) return 1; /* as when the transport refused it */
     } else if (o->nx) {
         QN_LOGW("worker", "-X settings are for the Kafka transport; without --kafka-brokers they "
                 "are ignored");
