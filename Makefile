@@ -4,7 +4,7 @@
 #   make test   deps + build + every test through ctest
 #   make demo   deps + build + the demo: a worker answering a digits classifier
 #   make asan   build with address,undefined sanitizers into build-asan/ and run the tests
-#   make install  build, then install quern-worker, quern (and quern-broker) into
+#   make install  build, then install quern-worker, quern and quern-broker into
 #               $(PREFIX)/bin (default /usr/local; DESTDIR=... stages a package)
 BUILD ?= build
 CMAKE_FLAGS ?=

@@ -317,7 +317,8 @@ def test_install(d):
     p = subprocess.run(["cmake", "--install", BUILD, "--prefix", prefix], capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0, p.stderr
-    for b in ("quern", "quern-worker"):
+    bins = ["quern", "quern-worker"] + (["quern-broker"] if os.path.exists(os.path.join(BUILD, "quern-broker")) else [])
+    for b in bins:
         path = os.path.join(prefix, "bin", b)
         assert os.access(path, os.X_OK), path
         q = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=10)
