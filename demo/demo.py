@@ -289,9 +289,6 @@ def main():
     d = load_digits()
     X = (d.data / 16.0).astype(np.float32)
     Xtr, Xte, ytr, yte = train_test_split(X, d.target, test_size=0.5, random_state=0)
-    # left for the README's `quern train` example: inputs, and class indices as floats
-    np.save(os.path.join(out, "train_x.npy"), Xtr)
-    np.save(os.path.join(out, "train_y.npy"), ytr.astype(np.float32).reshape(-1, 1))
     clf = MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=400, random_state=0).fit(Xtr, ytr)
     layers = [(W.T.astype(np.float32), b.astype(np.float32), a)
               for W, b, a in zip(clf.coefs_, clf.intercepts_, ["relu", "relu", "softmax"])]
