@@ -250,8 +250,7 @@ static void kt_destroy(void *self)
         QN_LOGI("kafka", "per job: taken to result produced %.1f ms mean (max %.1f), produced to "
                 "acknowledged %.1f ms mean (max %.1f)", t->s_compute / 1e6 / t->s_n,
                 t->m_compute / 1e6, t->s_ack / 1e6 / t->s_n, t->m_ack / 1e6);
-    for (int i = 0; i < t->nparts; i++) kt_part_detach(t, i);
-    free(t->parts);
+    kpart_table_clear(&t->parts);
     free(t->held);
     if (t->mock) rd_kafka_mock_cluster_destroy(t->mock);
     if (t->mock_rk) rd_kafka_destroy(t->mock_rk);
