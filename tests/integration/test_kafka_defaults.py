@@ -65,7 +65,8 @@ def test_default_timeouts_join_crash_recover(repo):
             with kafka_worker(repo, mk.bootstrap, group_x=(), wait_assigned=False) as b:
                 # The joining worker gets its share within one of the mock's
                 # join phases (plus heartbeats), and A keeps the rest.
-                b.wait_for(r"kafka: assigned \d+ partition", JOIN_S + SLACK_S)
+                assert wait_until(lambda: assigned_counts(b), JOIN_S + SLACK_S), \
+                    ("B was never assigned", a.log()[-3000:], b.log()[-3000:])
                 join_s = time.time() - t_join
                 assert wait_until(lambda: len(assigned_counts(a)) >= 2, 10), a.log()[-3000:]
                 time.sleep(3)  # both serve for a while
