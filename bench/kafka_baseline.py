@@ -42,8 +42,7 @@ def main():
     mlp = MLP(a.model)
     name, version = model_name_of(a.model)
     consumer = Consumer({"bootstrap.servers": a.brokers, "group.id": a.group,
-                         "auto.offset.reset": "earliest", "enable.auto.offset.store": False,
-                         "partition.assignment.strategy": "cooperative-sticky"})
+                         "auto.offset.reset": "earliest", "enable.auto.offset.store": False})
     producer = Producer({"bootstrap.servers": a.brokers, "enable.idempotence": True,
                          "linger.ms": 2})
     consumer.subscribe([a.topic])

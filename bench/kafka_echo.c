@@ -42,7 +42,6 @@ int main(int argc, char **argv)
     char err[512];
     rd_kafka_conf_t *cc = rd_kafka_conf_new(), *pc = rd_kafka_conf_new();
     if (set(cc, "bootstrap.servers", brokers) || set(cc, "group.id", group) ||
-        set(cc, "partition.assignment.strategy", "cooperative-sticky") ||
         set(cc, "auto.offset.reset", "earliest") || set(cc, "fetch.wait.max.ms", "100") ||
         set(pc, "bootstrap.servers", brokers) || set(pc, "enable.idempotence", "true") ||
         set(pc, "linger.ms", "2"))

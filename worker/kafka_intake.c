@@ -1,6 +1,6 @@
-/* kafka_intake.c: the Kafka transport's way in (kafka_internal.h): one
- * record per assigned partition with its offset tracker, commits, decoding
- * and admitting messages (or holding them while the core is full), and
+/* kafka_intake.c: the Kafka transport's way in (kafka_internal.h):
+ * assignments (partition records: kafka_partition.h), commits, decoding and
+ * admitting messages (or holding them while the core is full), and
  * rebalances. Owner thread only. */
 #include <inttypes.h>
 #include <stdbool.h>
@@ -14,68 +14,6 @@
 
 _Thread_local krec *tl_rec;
 _Thread_local const rd_kafka_message_t *tl_msg;
-
-/* ------------------------------------------------------- partition records */
-
-static kpart *part_new(int32_t partition)
-{
-    kpart *p = calloc(1, sizeof *p);
-    if (!p || qn_offsets_create(&p->offs)) {
-        free(p);
-        return NULL;
-    }
-    p->partition = partition;
-    p->committed = -1;
-    p->refs = 1;
-    p->assigned = true;
-    return p;
-}
-
-void kt_part_unref(kpart *p)
-{
-    if (--p->refs > 0) return;
-    QN_ASSERT(!p->assigned);
-    qn_offsets_destroy(&p->offs);
-    free(p);
-}
-
-kpart *kt_part_get(kt *t, int32_t partition)
-{
-    return partition >= 0 && partition < t->nparts ? t->parts[partition] : NULL;
-}
-
-/* Makes a fresh record the partition's current one (assignment, or a
- * rewind of the source). 0 or QN_ENOMEM. */
-int kt_part_attach(kt *t, int32_t partition)
-{
-    if (partition < 0) return QN_EINVAL;
-    if (partition >= t->nparts) {
-        int n = partition + 1 > 2 * t->nparts ? partition + 1 : 2 * t->nparts;
-        kpart **np = realloc(t->parts, (size_t)n * sizeof *np);
-        if (!np) return QN_ENOMEM;
-        memset(np + t->nparts, 0, (size_t)(n - t->nparts) * sizeof *np);
-        t->parts = np;
-        t->nparts = n;
-    }
-    kpart *p = part_new(partition);
-    if (!p) return QN_ENOMEM;
-    kpart *old = t->parts[partition];
-    if (old) {
-        old->assigned = false;
-        kt_part_unref(old);
-    }
-    t->parts[partition] = p;
-    return 0;
-}
-
-void kt_part_detach(kt *t, int32_t partition)
-{
-    kpart *p = kt_part_get(t, partition);
-    if (!p) return;
-    t->parts[partition] = NULL;
-    p->assigned = false;
-    kt_part_unref(p);
-}
 
 /* ---------------------------------------------------------------- commits */
 
@@ -92,8 +30,8 @@ static bool in_list(const rd_kafka_topic_partition_list_t *l, int32_t partition)
 void kt_commit_parts(kt *t, const rd_kafka_topic_partition_list_t *only, bool sync)
 {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
-    for (int i = 0; i < t->nparts; i++) {
-        kpart *p = t->parts[i];
+    for (int i = 0; i < t->parts.n; i++) {
+        kpart *p = t->parts.v[i];
         if (!p || !in_list(only, p->partition)) continue;
         int64_t c = qn_offsets_committable(p->offs);
         if (c < 0 || c <= p->committed) continue;
@@ -106,7 +44,7 @@ void kt_commit_parts(kt *t, const rd_kafka_topic_partition_list_t *only, bool sy
             QN_LOGW("kafka", "commit of %d partition(s) failed: %s; will retry", l->cnt,
                     rd_kafka_err2str(err));
             for (int i = 0; i < l->cnt; i++) {
-                kpart *p = kt_part_get(t, l->elems[i].partition);
+                kpart *p = kpart_get(&t->parts, l->elems[i].partition);
                 if (p) p->committed = -1;
             }
         } else {
@@ -128,7 +66,7 @@ void kt_offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         QN_LOGW("kafka", "commit %s[%" PRId32 "]@%" PRId64 " failed: %s; will retry",
                 offsets->elems[i].topic, offsets->elems[i].partition, offsets->elems[i].offset,
                 rd_kafka_err2str(e));
-        kpart *p = kt_part_get(t, offsets->elems[i].partition);
+        kpart *p = kpart_get(&t->parts, offsets->elems[i].partition);
         if (p) p->committed = -1; /* the timer sends it again */
     }
 }
@@ -232,13 +170,13 @@ static bool try_admit(kt *t, rd_kafka_message_t *m)
     t->front_job = NULL;
     t->front_valid = false;
 
-    kpart *p = kt_part_get(t, m->partition);
+    kpart *p = kpart_get(&t->parts, m->partition);
     if (p && qn_offsets_take(p->offs, m->offset) == QN_EINVAL) {
         /* The source rewound (offset reset): a new epoch for this partition. */
         QN_LOGW("kafka", "%s[%" PRId32 "] went back to offset %" PRId64 "; tracking anew", t->topic,
                 m->partition, m->offset);
-        if (kt_part_attach(t, m->partition) == 0) {
-            p = kt_part_get(t, m->partition);
+        if (kpart_attach(&t->parts, m->partition) == 0) {
+            p = kpart_get(&t->parts, m->partition);
             qn_offsets_take(p->offs, m->offset);
         } else {
             p = NULL;
@@ -254,7 +192,7 @@ static bool try_admit(kt *t, rd_kafka_message_t *m)
         rd_kafka_message_destroy(m);
         return true;
     }
-    p->refs++;
+    kpart_ref(p);
     if (job && job->reply_to) know_topic(t, job->reply_to);
     else if (r->reply_hdr) know_topic(t, r->reply_hdr);
     atomic_fetch_add(&t->inflight, 1);
@@ -332,7 +270,7 @@ void kt_on_message(kt *t, rd_kafka_message_t *m)
         rd_kafka_message_destroy(m);
         return;
     }
-    if (!atomic_load(&t->intake) || !kt_part_get(t, m->partition)) {
+    if (!atomic_load(&t->intake) || !kpart_get(&t->parts, m->partition)) {
         rd_kafka_message_destroy(m); /* left uncommitted */
         return;
     }
@@ -368,7 +306,7 @@ static void wait_partitions(kt *t, const rd_kafka_topic_partition_list_t *l, int
     for (;;) {
         int64_t left = 0;
         for (int i = 0; i < l->cnt; i++) {
-            kpart *p = kt_part_get(t, l->elems[i].partition);
+            kpart *p = kpart_get(&t->parts, l->elems[i].partition);
             if (p) left += qn_offsets_pending(p->offs) - p->stuck;
         }
         if (left == 0) return;
@@ -391,7 +329,7 @@ void kt_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     rd_kafka_resp_err_t aerr = 0;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         for (int i = 0; i < parts->cnt; i++)
-            if (kt_part_attach(t, parts->elems[i].partition))
+            if (kpart_attach(&t->parts, parts->elems[i].partition))
                 QN_LOGE("kafka", "out of memory tracking partition %" PRId32, parts->elems[i].partition);
         kt_forward_parts(t, parts, t->jobs_q);
         if (coop) e = rd_kafka_incremental_assign(rk, parts);
@@ -405,13 +343,13 @@ void kt_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             wait_partitions(t, parts, t->closing ? 0 : t->revoke_wait_ms);
             kt_commit_parts(t, parts, true);
         }
-        for (int i = 0; i < parts->cnt; i++) kt_part_detach(t, parts->elems[i].partition);
+        for (int i = 0; i < parts->cnt; i++) kpart_detach(&t->parts, parts->elems[i].partition);
         if (coop) e = rd_kafka_incremental_unassign(rk, parts);
         else aerr = rd_kafka_assign(rk, NULL);
         QN_LOGI("kafka", "%s %d partition(s) of %s", lost ? "lost" : "revoked", parts->cnt, t->topic);
     } else {
         QN_LOGE("kafka", "rebalance error: %s", rd_kafka_err2str(err));
-        for (int i = 0; i < t->nparts; i++) kt_part_detach(t, i);
+        kpart_table_clear(&t->parts);
         kt_drop_held(t, NULL);
         aerr = rd_kafka_assign(rk, NULL);
     }

@@ -1,13 +1,15 @@
-/* kafka_internal.h: what the Kafka transport's three files share (worker/
- * only, not an interface): the transport's state, its per-partition and
- * per-job records, and the functions one part calls in another.
+/* kafka_internal.h: what the Kafka transport's files share (worker/ only,
+ * not an interface): the transport's state, its per-job records, and the
+ * functions one part calls in another. Calls point one way, top to bottom:
  *
  *   kafka_transport.c  lifecycle, configuration, the IO thread's loop and
  *                      backpressure
- *   kafka_intake.c     partitions, offsets and commits, admission, the
- *                      held messages, rebalances
+ *   kafka_intake.c     assignments, commits, admission, the held messages,
+ *                      rebalances
  *   kafka_reply.c      results and DLQ copies out, delivery reports, the
  *                      handoff from completing threads
+ *   kafka_partition.c  partition records and their reference counts
+ *                      (kafka_partition.h), used by intake and reply
  *
  * Ownership: the offset trackers, partition records and held messages are
  * touched only by the owner thread (tl_owner: the IO thread, or destroy's
@@ -25,6 +27,7 @@
 
 #include "core.h"
 #include "job.h"
+#include "kafka_partition.h"
 #include "offsets.h"
 
 #define BURST 256 /* messages taken per poll round */
@@ -33,15 +36,6 @@
 #define HDR_REPLY_PART "kafka_replyPartition"
 #define DLQ_TRIES 3
 #define KNOWN_TOPICS 64 /* reply topics whose producer handles are kept */
-
-typedef struct kpart {
-    int32_t partition;
-    qn_offsets *offs;
-    int64_t committed; /* last commit point sent; -1: none yet */
-    int refs;          /* one for the assignment + one per job in flight */
-    int stuck;         /* jobs whose result reached neither reply topic nor DLQ */
-    bool assigned;
-} kpart;
 
 /* Per job (origin.data). The header copies live in the same block. */
 typedef struct krec {
@@ -88,8 +82,7 @@ typedef struct kt {
     int commit_interval_ms, revoke_wait_ms, mock_partitions, mock_brokers, pause_after_ms;
 
     /* IO thread only */
-    kpart **parts; /* current epoch, indexed by partition */
-    int nparts;
+    kpart_table parts; /* current records, indexed by partition */
     rd_kafka_message_t **held; /* fetched, not yet admitted (FIFO) */
     size_t nheld, held_cap;
     struct { char *name; rd_kafka_topic_t *rkt; } known[KNOWN_TOPICS]; /* ring */
@@ -121,10 +114,6 @@ extern _Thread_local const rd_kafka_message_t *tl_msg;
 extern _Thread_local kt *tl_owner;
 
 /* kafka_intake.c */
-kpart *kt_part_get(kt *t, int32_t partition);
-void kt_part_unref(kpart *p);
-int kt_part_attach(kt *t, int32_t partition);
-void kt_part_detach(kt *t, int32_t partition);
 void kt_commit_parts(kt *t, const rd_kafka_topic_partition_list_t *only, bool sync);
 void kt_offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *offsets, void *opaque);

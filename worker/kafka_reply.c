@@ -219,7 +219,7 @@ void kt_finish(kt *t, krec *r)
         }
         atomic_fetch_add(&t->n_answered, 1);
     }
-    kt_part_unref(r->part);
+    kpart_unref(&r->part);
     free(r);
     atomic_fetch_sub(&t->inflight, 1);
 }

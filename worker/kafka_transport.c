@@ -250,8 +250,7 @@ static void kt_destroy(void *self)
         QN_LOGI("kafka", "per job: taken to result produced %.1f ms mean (max %.1f), produced to "
                 "acknowledged %.1f ms mean (max %.1f)", t->s_compute / 1e6 / t->s_n,
                 t->m_compute / 1e6, t->s_ack / 1e6 / t->s_n, t->m_ack / 1e6);
-    for (int i = 0; i < t->nparts; i++) kt_part_detach(t, i);
-    free(t->parts);
+    kpart_table_clear(&t->parts);
     free(t->held);
     if (t->mock) rd_kafka_mock_cluster_destroy(t->mock);
     if (t->mock_rk) rd_kafka_destroy(t->mock_rk);
@@ -408,6 +407,32 @@ int qn_kafka_opts_check(const qn_kafka_opts *o)
     return rc;
 }
 
+/* librdkafka before 2.10.0, with the cooperative protocol: a commit in
+ * flight while a rebalance bumps the generation comes back
+ * ILLEGAL_GENERATION, and librdkafka then resets the member's generation
+ * to -1 even though its JoinGroup already brought the new one (#4059,
+ * fixed in 2.10.0); its SyncGroup is refused, its assignment lost, and it
+ * rejoins, which starts the next rebalance. quern commits every
+ * quern.commit.interval.ms, so every rebalance ended that way: a joining
+ * worker never got partitions. And closing a member that had a JoinGroup
+ * answer but no assignment yet aborts in rd_kafka_destroy (#4381, fixed in
+ * 2.3.0). Opting in (-X consumer.partition.assignment.strategy=...) is the
+ * operator's call; say what it costs. */
+#define QN_RDKAFKA_COOP_OK 0x020a0000 /* 2.10.0 */
+static void warn_cooperative(rd_kafka_conf_t *cc)
+{
+    char v[256];
+    size_t n = sizeof v;
+    if (rd_kafka_conf_get(cc, "partition.assignment.strategy", v, &n) != RD_KAFKA_CONF_OK ||
+        !strstr(v, "cooperative") || rd_kafka_version() >= QN_RDKAFKA_COOP_OK)
+        return;
+    QN_LOGW("kafka", "partition.assignment.strategy=%s with librdkafka %s: commits during a "
+            "rebalance can lose the assignment and restart the rebalance, over and over "
+            "(librdkafka #4059, fixed in 2.10.0), and a worker stopped before its first "
+            "assignment can abort (#4381); the default (range,roundrobin) has neither problem",
+            v, rd_kafka_version_str());
+}
+
 int qn_kafka_transport_create(const qn_kafka_opts *o, qn_core *core, qn_transport *out)
 {
     int rc = QN_ENOMEM;
@@ -440,8 +465,11 @@ int qn_kafka_transport_create(const qn_kafka_opts *o, qn_core *core, qn_transpor
     /* Consumer: defaults first, so -X overrides them. */
     rc = QN_EINVAL;
     if (!(cc = base_conf(t, "quern-worker"))) goto fail;
+    /* partition.assignment.strategy stays librdkafka's eager default
+     * (range,roundrobin): cooperative-sticky is broken in the librdkafka
+     * Debian 12 ships (2.0.2) in two ways, both seen as a group that never
+     * recovers (schemas/kafka.md, "Consumer group protocol"). */
     if (set(cc, "group.id", t->group) ||
-        set(cc, "partition.assignment.strategy", "cooperative-sticky") ||
         set(cc, "enable.auto.commit", "false") || set(cc, "enable.auto.offset.store", "false") ||
         set(cc, "auto.offset.reset", "earliest") ||
         /* The mock answers an empty fetch only when fetch.wait.max.ms runs
@@ -450,6 +478,7 @@ int qn_kafka_transport_create(const qn_kafka_opts *o, qn_core *core, qn_transpor
         set(cc, "fetch.wait.max.ms", t->mock ? "10" : "100") ||
         apply_x(t, o, 1, cc))
         goto fail;
+    warn_cooperative(cc);
     rd_kafka_conf_set_rebalance_cb(cc, kt_rebalance_cb);
     rd_kafka_conf_set_offset_commit_cb(cc, kt_offset_commit_cb);
 

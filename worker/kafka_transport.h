@@ -1,10 +1,10 @@
 /* kafka_transport.h: the Kafka transport (librdkafka). Jobs are consumed in a
- * consumer group (cooperative-sticky assignment) from one topic; results go
- * out through an idempotent producer to the job's reply_to, else the
- * kafka_replyTopic header, else the default reply topic, keyed by job id,
- * echoing the kafka_correlationId header. Delivery is at least once: a
- * partition's offset is committed only below jobs whose results (or DLQ
- * copies) the broker acknowledged. schemas/kafka.md is the user-facing
+ * consumer group (eager assignment; schemas/kafka.md says why not
+ * cooperative-sticky) from one topic; results go out through an idempotent
+ * producer to the job's reply_to, else the kafka_replyTopic header, else the
+ * default reply topic, keyed by job id, echoing the kafka_correlationId
+ * header. Delivery is at least once: a partition's offset is committed only
+ * below jobs whose results (or DLQ copies) the broker acknowledged. schemas/kafka.md is the user-facing
  * description (headers, DLQ, -X routing, quern.* settings). */
 #ifndef QN_KAFKA_TRANSPORT_H
 #define QN_KAFKA_TRANSPORT_H

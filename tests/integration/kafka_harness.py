@@ -61,10 +61,12 @@ class Mock:
 GROUP_X = ["-X", "consumer.session.timeout.ms=4000", "-X", "consumer.heartbeat.interval.ms=500"]
 
 
-def kafka_worker(repo, bootstrap, *args, group="quern", topic="quern.jobs", wait_assigned=True, **kw):
-    """A quern-worker on Kafka only; waits until it owns partitions."""
+def kafka_worker(repo, bootstrap, *args, group="quern", topic="quern.jobs", wait_assigned=True,
+                 group_x=GROUP_X, **kw):
+    """A quern-worker on Kafka only; waits until it owns partitions. group_x:
+    the group timeouts (GROUP_X; () for librdkafka's defaults)."""
     w = Worker(repo, "--kafka-brokers", bootstrap, "--kafka-group", group, "--kafka-topic", topic,
-               *GROUP_X, *args, zmq_bind=None, **kw)
+               *group_x, *args, zmq_bind=None, **kw)
     if wait_assigned:
         w.wait_for(r"kafka: assigned \d+ partition", 30)
     return w
