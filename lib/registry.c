@@ -584,6 +584,14 @@ void qn_registry_each_name(qn_registry *r, void (*fn)(void *ud, const char *name
     pthread_rwlock_unlock(&r->lock);
 }
 
+void qn_registry_each_version(qn_registry *r, void (*fn)(void *ud, const qn_model *m), void *ud)
+{
+    pthread_rwlock_rdlock(&r->lock);
+    for (size_t i = 0; r->served && i < r->served->n; i++)
+        for (size_t k = 0; k < r->served->m[i].n; k++) fn(ud, r->served->m[i].models[k]);
+    pthread_rwlock_unlock(&r->lock);
+}
+
 /* ---- watcher */
 
 static void *watch_main(void *arg)

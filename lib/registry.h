@@ -49,6 +49,11 @@ void qn_registry_each_name(qn_registry *r, void (*fn)(void *ud, const char *name
 /* The repository directory (train jobs write new versions there). Valid
  * while the registry is open. */
 const char *qn_registry_dir(const qn_registry *r);
+/* Calls fn for each loaded version of each model (names ascending, then
+ * versions ascending), e.g. for metrics and model metadata. m is borrowed
+ * for the call only (qn_model_ref it to keep it). Holds the registry lock:
+ * fn must not call back in. */
+void qn_registry_each_version(qn_registry *r, void (*fn)(void *ud, const qn_model *m), void *ud);
 
 /* True when name matches [A-Za-z0-9_.-]{1,64}. */
 int qn_model_name_valid(const char *name);

@@ -24,8 +24,10 @@
 #include "zmq_transport.h"
 #include "kafka_transport.h"
 #include "mdp_transport.h"
+#include "http_transport.h"
+#include "metrics.h"
 
-#define MAX_TRANSPORTS 4
+#define MAX_TRANSPORTS 8
 
 static int g_sigpipe[2] = {-1, -1};
 
@@ -55,6 +57,8 @@ typedef struct worker_opts {
     int poll_ms;
     int drain_timeout_ms;
     int blas_threads;
+    const char *http;      /* --http ADDR:PORT */
+    long http_max_body;
     qn_core_opts core;
     qn_zmq_opts zmq;
 } worker_opts;
@@ -72,6 +76,9 @@ static void usage(FILE *f)
         "  --broker ENDPOINT        serve through a quern-broker (MDP worker per model)\n"
         "  --broker-credit N        requests held at once per model (default: --max-batch)\n"
         "  --broker-heartbeat-ms N  MDP heartbeat, as the broker's --heartbeat-ms (default 2500)\n"
+        "  --http ADDR:PORT         HTTP: /metrics, /v2/health/*, Open Inference Protocol (loopback\n"
+        "                           unless an address is given; port 0 picks one and logs it)\n"
+        "  --http-max-body BYTES    larger HTTP request bodies get 413 (default %u)\n"
         "kafka:\n"
         "  --kafka-topic T          job topic (default quern.jobs)\n"
         "  --kafka-group G          consumer group (default quern)\n"
@@ -98,7 +105,7 @@ static void usage(FILE *f)
         "  --poll-ms N              model repository rescan interval (default 500)\n"
         "  --drain-timeout-ms N     longest shutdown waits for in-flight jobs (default 30000)\n"
         "  -h, --help               this text\n",
-        QN_ZMQ_DEFAULT_CLIENT_INFLIGHT, QN_ZMQ_DEFAULT_SNDHWM,
+        QN_ZMQ_DEFAULT_CLIENT_INFLIGHT, QN_ZMQ_DEFAULT_SNDHWM, QN_HTTP_DEFAULT_MAX_BODY,
         QN_BATCHER_DEFAULT_MAX_BATCH, QN_BATCHER_DEFAULT_MAX_DELAY_US,
         QN_BATCHER_DEFAULT_QUEUE_LIMIT, QN_DEFAULT_MAX_MESSAGE, QN_CORE_DEFAULT_DIRECT_MAX_FLOPS,
         QN_CORE_DEFAULT_DIRECT_IDLE_ROWS);
@@ -123,6 +130,7 @@ enum {
     OPT_ZCLIENT, OPT_ZHWM,
     OPT_TRAINQ, OPT_TRAINNICE,
     OPT_BCREDIT, OPT_BHB,
+    OPT_HTTP = 400, OPT_HTTP_BODY,
 };
 
 /* Returns 0, or 2 for a usage error (message printed). */
@@ -156,6 +164,8 @@ static int parse_args(int argc, char **argv, worker_opts *o)
         {"direct-idle-rows", required_argument, 0, OPT_IDLE},
         {"zmq-client-inflight", required_argument, 0, OPT_ZCLIENT},
         {"zmq-sndhwm", required_argument, 0, OPT_ZHWM},
+        {"http", required_argument, 0, OPT_HTTP},
+        {"http-max-body", required_argument, 0, OPT_HTTP_BODY},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -270,6 +280,11 @@ static int parse_args(int argc, char **argv, worker_opts *o)
             if (parse_long("--blas-threads", optarg, 1, 256, &v)) return 2;
             o->blas_threads = (int)v;
             break;
+        case OPT_HTTP: o->http = optarg; break;
+        case OPT_HTTP_BODY:
+            if (parse_long("--http-max-body", optarg, 1024, 1L << 34, &v)) return 2;
+            o->http_max_body = v;
+            break;
         case 'h': usage(stdout); exit(0);
         default:
             if (optopt) fprintf(stderr, "quern-worker: option -%c needs a value or is unknown\n", optopt);
@@ -288,8 +303,8 @@ static int parse_args(int argc, char **argv, worker_opts *o)
         usage(stderr);
         return 2;
     }
-    if (!o->zmq_bind && !o->kafka_brokers && !o->broker) {
-        fprintf(stderr, "quern-worker: give at least one of --zmq-bind, --kafka-brokers, --broker\n");
+    if (!o->zmq_bind && !o->kafka_brokers && !o->broker && !o->http) {
+        fprintf(stderr, "quern-worker: give at least one of --zmq-bind, --kafka-brokers, --broker, --http\n");
         usage(stderr);
         return 2;
     }
@@ -410,6 +425,17 @@ int main(int argc, char **argv)
         goto out;
     }
     zctx = zmq_ctx_new();
+    /* HTTP first: health answers (ready: 503) while the others start, it is
+     * the first to stop intake (ready turns 503 before anything else
+     * drains) and the last closed (metrics and health through the drain). */
+    void *http = NULL;
+    if (o.http) {
+        qn_metrics_enable(1);
+        qn_http_opts ho = {.listen = o.http, .max_body = (size_t)o.http_max_body, .core = core,
+                           .reg = reg, .cache = cache};
+        if (qn_http_transport_create(&ho, &ts[nt])) goto out;
+        http = ts[nt++].self;
+    }
     if (o.zmq_bind) {
         o.zmq.drain_timeout_ms = o.drain_timeout_ms;
         if (qn_zmq_transport_create(zctx, o.zmq_bind, &o.zmq, core, &ts[nt])) goto out;
@@ -436,6 +462,7 @@ int main(int argc, char **argv)
             QN_LOGE("worker", "cannot start the %s transport: %s", ts[i].iface->name, qn_strerror(rc));
             goto out;
         }
+    if (http) qn_http_transport_set_ready(http);
     QN_LOGI("worker", "ready: repo %s, device cpu, %d executor thread(s) x %d BLAS thread(s), max batch %lld, "
             "max delay %lld us, queue limit %lld rows", o.model_repo, o.core.threads, o.blas_threads,
             (long long)o.core.batch.max_batch_rows, (long long)o.core.batch.max_delay_us,
