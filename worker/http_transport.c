@@ -733,8 +733,8 @@ int qn_http_transport_create(const qn_http_opts *o, qn_transport *out)
         inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, host, sizeof host);
     else
         inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, host, sizeof host);
-    if (ss.ss_family == AF_INET6) QN_LOGI("http", "listening on http://[%s]:%d", host, t->port);
-    else QN_LOGI("http", "listening on http://%s:%d", host, t->port);
+    if (ss.ss_family == AF_INET6) QN_LOGI("http", "serving on http://[%s]:%d", host, t->port);
+    else QN_LOGI("http", "serving on http://%s:%d", host, t->port);
     out->iface = &ht_iface;
     out->self = t;
     return 0;
