@@ -299,11 +299,23 @@ static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
             long p = strtol(pname, NULL, 10);
             json_t *lag = json_object_get(pv, "consumer_lag");
             const char *fs = json_string_value(json_object_get(pv, "fetch_state"));
-            if (p < 0 || !json_is_integer(lag) || json_integer_value(lag) < 0 || n == 1024) continue;
+            if (p < 0 || !json_is_integer(lag) || n == 1024) continue;
             if (!json_is_true(json_object_get(pv, "desired")) && !(fs && !strcmp(fs, "active")))
                 continue;
+            int64_t v = json_integer_value(lag);
+            if (v < 0) {
+                /* librdkafka says -1 until this consumer has a position;
+                 * with nothing consumed or committed yet, everything from
+                 * the low watermark on (auto.offset.reset earliest) waits. */
+                json_int_t hi = json_integer_value(json_object_get(pv, "hi_offset")),
+                           lo = json_integer_value(json_object_get(pv, "lo_offset")),
+                           app = json_integer_value(json_object_get(pv, "app_offset")),
+                           com = json_integer_value(json_object_get(pv, "committed_offset"));
+                if (hi < 0 || app >= 0 || com >= 0) continue;
+                v = hi - (lo > 0 ? lo : 0);
+            }
             parts[n] = (int32_t)p;
-            lags[n++] = json_integer_value(lag);
+            lags[n++] = v;
         }
         qn_metrics_kafka_lag(tname, parts, lags, n);
     }
