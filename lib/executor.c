@@ -95,8 +95,8 @@ int qn_batch_run(qn_backend *be, void *ctx, qn_batch *batch, qn_batch_scratch *s
     if (rc == 0) rc = grow(yb, ycap, (size_t)(rows * out));
     if (rc == 0) rc = be->iface->forward(be, ctx, m, m->backend_state, x, rows, *yb);
     if (rc != 0) {
-        QN_LOGE("executor", "forward of %s v%lld failed for %lld rows: %s", m->name,
-                (long long)m->version, (long long)rows, qn_strerror(rc));
+        qn_log_job(QN_LOG_ERROR, "executor", NULL, m->name, "forward of %s v%lld failed for %lld rows: %s",
+                   m->name, (long long)m->version, (long long)rows, qn_strerror(rc));
         for (int i = 0; i < batch->njobs; i++)
             finish_error(h, batch->jobs[i], QN_STATUS_ERROR, QN_CODE_INTERNAL,
                          "the compute backend failed on this batch");

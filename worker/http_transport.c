@@ -336,6 +336,10 @@ static void infer_complete(qn_job *job, const qn_result *res)
                  res->message ? res->message : qn_status_name(res->status));
         r->resp = error_body(msg, &r->resp_len);
     }
+    if (res->status != QN_STATUS_OK)
+        qn_log_job(r->code >= 500 ? QN_LOG_WARN : QN_LOG_DEBUG, "http", r->id, r->model,
+                   "infer answered %u: %s: %s", r->code, qn_code_name(res->code),
+                   res->message ? res->message : "");
     if (!r->resp) {
         r->code = MHD_HTTP_INTERNAL_SERVER_ERROR;
         r->resp_len = 0;
