@@ -27,6 +27,7 @@
 #include "http_transport.h"
 #include "metrics.h"
 #include "config.h"
+#include "pipe_transport.h"
 
 #define MAX_TRANSPORTS 8
 
@@ -61,6 +62,7 @@ typedef struct worker_opts {
     const char *http;      /* --http ADDR:PORT */
     long http_max_body;
     const char *config, *log_format;
+    const char *zmq_pull, *zmq_push; /* pipeline mode */
     int print_config;
     qn_core_opts core;
     qn_zmq_opts zmq;
@@ -79,6 +81,8 @@ static void usage(FILE *f)
         "  --broker ENDPOINT        serve through a quern-broker (MDP worker per model)\n"
         "  --broker-credit N        requests held at once per model (default: --max-batch)\n"
         "  --broker-heartbeat-ms N  MDP heartbeat, as the broker's --heartbeat-ms (default 2500)\n"
+        "  --zmq-pull EP, --zmq-push EP  pipeline mode: jobs from PULL, results to PUSH\n"
+        "                           ('connect:EP' connects; flow control by HWM, nothing dropped)\n"
         "  --http ADDR:PORT         HTTP: /metrics, /v2/health/*, Open Inference Protocol (loopback\n"
         "                           unless an address is given; port 0 picks one and logs it)\n"
         "  --http-max-body BYTES    larger HTTP request bodies get 413 (default %u)\n"
@@ -138,6 +142,7 @@ enum {
     OPT_TRAINQ, OPT_TRAINNICE,
     OPT_BCREDIT, OPT_BHB,
     OPT_HTTP = 400, OPT_HTTP_BODY, OPT_CONFIG, OPT_PRINT_CONFIG, OPT_LOG_FORMAT,
+    OPT_ZPULL, OPT_ZPUSH,
 };
 
 static const struct option longopts[] = {
@@ -171,6 +176,8 @@ static const struct option longopts[] = {
         {"http", required_argument, 0, OPT_HTTP},
         {"http-max-body", required_argument, 0, OPT_HTTP_BODY},
         {"config", required_argument, 0, OPT_CONFIG},
+        {"zmq-pull", required_argument, 0, OPT_ZPULL},
+        {"zmq-push", required_argument, 0, OPT_ZPUSH},
         {"print-config", no_argument, 0, OPT_PRINT_CONFIG},
         {"log-format", required_argument, 0, OPT_LOG_FORMAT},
         {"help", no_argument, 0, 'h'},
@@ -304,6 +311,8 @@ static int parse_flags(int argc, char **argv, worker_opts *o)
             o->http_max_body = v;
             break;
         case OPT_CONFIG: o->config = optarg; break; /* read before this pass */
+        case OPT_ZPULL: o->zmq_pull = optarg; break;
+        case OPT_ZPUSH: o->zmq_push = optarg; break;
         case OPT_PRINT_CONFIG: o->print_config = 1; break;
         case OPT_LOG_FORMAT:
             if (strcmp(optarg, "text") && strcmp(optarg, "json")) {
@@ -390,8 +399,13 @@ static int parse_args(int argc, char **argv, worker_opts *o)
         usage(stderr);
         return 2;
     }
-    if (!o->zmq_bind && !o->kafka_brokers && !o->broker && !o->http) {
-        fprintf(stderr, "quern-worker: give at least one of --zmq-bind, --kafka-brokers, --broker, --http\n");
+    if (!o->zmq_pull != !o->zmq_push) {
+        fprintf(stderr, "quern-worker: pipeline mode wants both --zmq-pull and --zmq-push\n");
+        return 2;
+    }
+    if (!o->zmq_bind && !o->kafka_brokers && !o->broker && !o->http && !o->zmq_pull) {
+        fprintf(stderr, "quern-worker: give at least one of --zmq-bind, --zmq-pull, --kafka-brokers, "
+                "--broker, --http\n");
         usage(stderr);
         return 2;
     }
@@ -419,6 +433,8 @@ static void print_config(FILE *f, const worker_opts *o)
     pc_str(f, "zmq-bind", o->zmq_bind);
     pc_str(f, "kafka-brokers", o->kafka_brokers);
     pc_str(f, "broker", o->broker);
+    pc_str(f, "zmq-pull", o->zmq_pull);
+    pc_str(f, "zmq-push", o->zmq_push);
     pc_str(f, "http", o->http);
     fprintf(f, "http-max-body: %ld\n", o->http_max_body ? o->http_max_body : (long)QN_HTTP_DEFAULT_MAX_BODY);
     pc_str(f, "kafka-topic", o->kafka_topic);
@@ -595,6 +611,10 @@ int main(int argc, char **argv)
     if (o.zmq_bind) {
         o.zmq.drain_timeout_ms = o.drain_timeout_ms;
         if (qn_zmq_transport_create(zctx, o.zmq_bind, &o.zmq, core, &ts[nt])) goto out;
+        nt++;
+    }
+    if (o.zmq_pull) {
+        if (qn_pipe_transport_create(zctx, o.zmq_pull, o.zmq_push, 0, core, &ts[nt])) goto out;
         nt++;
     }
     if (o.kafka_brokers) {
