@@ -224,9 +224,10 @@ static qn_model *lookup(ht *t, struct MHD_Connection *c, const char *name, int64
     if (rc == 0) return m;
     char msg[256];
     if (rc == QN_ENOVERSION)
-        snprintf(msg, sizeof msg, "model '%s' has no version %lld", name, (long long)version);
+        snprintf(msg, sizeof msg, "unknown_version: model '%s' has no version %lld", name,
+                 (long long)version);
     else
-        snprintf(msg, sizeof msg, "no model named '%.64s' in the repository", name);
+        snprintf(msg, sizeof msg, "unknown_model: no model named '%.64s' in the repository", name);
     *ret = send_error(c, MHD_HTTP_NOT_FOUND, msg);
     return NULL;
 }
