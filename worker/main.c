@@ -341,10 +341,20 @@ static int parse_flags(int argc, char **argv, worker_opts *o)
  * overrides them). Its strings are kept for the process's life: options
  * point into them. */
 static qn_config g_config;
+static char **g_config_args; /* the "--key=value" strings built for getopt */
+static int g_config_nargs;
+
+static void free_config(void)
+{
+    for (int i = 0; i < g_config_nargs; i++) free(g_config_args[i]);
+    free(g_config_args);
+    qn_config_free(&g_config);
+}
 
 static int apply_config(const char *path, worker_opts *o)
 {
     char err[512];
+    atexit(free_config); /* options point into it until the process ends */
     if (qn_config_load(path, &g_config, err, sizeof err)) {
         fprintf(stderr, "quern-worker: --config %s: %s\n", path, err);
         return 2;
@@ -366,8 +376,12 @@ static int apply_config(const char *path, worker_opts *o)
                 return 2;
             }
             size_t len = strlen(e->key) + strlen(e->value) + 4;
+            char **na = realloc(g_config_args, (size_t)(g_config_nargs + 1) * sizeof *na);
+            if (!na) return 2;
+            g_config_args = na;
             av[1] = malloc(len); /* kept: o may point into it */
             if (!av[1]) return 2;
+            g_config_args[g_config_nargs++] = av[1];
             snprintf(av[1], len, "--%s=%s", e->key, e->value);
         }
         if (parse_flags(ac, av, o)) {

@@ -40,6 +40,7 @@ def pipeline(repo, n, sink_delay, layers=LAYERS, model="m", extra=()):
     xs = [rng.standard_normal((1, cols)).astype(np.float32) for _ in range(n)]
     with Worker(repo, "--zmq-pull", "connect:tcp://127.0.0.1:%d" % src_port,
                 "--zmq-push", "connect:tcp://127.0.0.1:%d" % sink_port, *extra, zmq_bind=None) as w:
+        sanitized = w.sanitized()
         sent = []
 
         def feed():
@@ -73,7 +74,7 @@ def pipeline(repo, n, sink_delay, layers=LAYERS, model="m", extra=()):
         assert w.stop() == 0
     src.close()
     sink.close()
-    return time.time() - t0, sent, rss
+    return time.time() - t0, sent, None if sanitized else rss
 
 
 def test_basic(repo):
@@ -95,6 +96,10 @@ def test_slow_sink(repo):
     # What the worker holds is bounded by its HWMs and in-flight limit
     # (measured: +64 MiB, then flat), not by the backlog (6000 jobs and
     # results are 188 MiB): it levels off in the first third and stays.
+    if rss is None:
+        print("  (AddressSanitizer build: its quarantine keeps freed memory, so the RSS bound is "
+              "checked in the plain build only)")
+        return
     third = len(rss) // 3
     assert max(rss) - rss[0] < 100000, rss  # KiB
     assert max(rss[third:]) - max(rss[:third]) < 12000, rss
