@@ -70,6 +70,7 @@ typedef struct train_row {
     char model[QN_MODEL_NAME_MAX + 1];
     uint64_t steps;
     double loss;
+    int has_loss;
 } train_row;
 static pthread_mutex_t g_rare_mu = PTHREAD_MUTEX_INITIALIZER;
 static lag_topic *g_lag[LAG_TOPICS];
@@ -196,7 +197,7 @@ void qn_metrics_kafka_lag(const char *topic, const int32_t *partitions, const in
     pthread_mutex_unlock(&g_rare_mu);
 }
 
-void qn_metrics_train_step(const char *model, double loss)
+void qn_metrics_train_steps(const char *model, uint64_t steps, double loss)
 {
     if (!model) return;
     pthread_mutex_lock(&g_rare_mu);
@@ -207,8 +208,11 @@ void qn_metrics_train_step(const char *model, double loss)
         g_ntrain++;
     }
     if (i < g_ntrain) {
-        g_train[i].steps++;
-        g_train[i].loss = loss;
+        g_train[i].steps += steps;
+        if (!isnan(loss)) {
+            g_train[i].loss = loss;
+            g_train[i].has_loss = 1;
+        }
     }
     pthread_mutex_unlock(&g_rare_mu);
 }
@@ -435,8 +439,9 @@ int qn_metrics_render(const qn_metrics_extra *x, qn_buf *b)
     }
     head(&o, "quern_train_loss", "gauge", "Training loss after the latest step.");
     for (int i = 0; i < g_ntrain; i++)
-        pf(&o, "quern_train_loss{model=\"%s\"} %.9g\n", esc(g_train[i].model, m, sizeof m),
-           g_train[i].loss);
+        if (g_train[i].has_loss)
+            pf(&o, "quern_train_loss{model=\"%s\"} %.9g\n", esc(g_train[i].model, m, sizeof m),
+               g_train[i].loss);
     pthread_mutex_unlock(&g_rare_mu);
 
     head(&o, "quern_model_info", "gauge", "1 for each loaded model version.");

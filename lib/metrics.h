@@ -46,10 +46,11 @@ void qn_metrics_kafka_dlq(void);
  * most 64 topics and 1024 partitions per topic are kept. */
 void qn_metrics_kafka_lag(const char *topic, const int32_t *partitions, const int64_t *lags, int n);
 
-/* A training step of model: quern_train_steps_total{model} += 1 and
- * quern_train_loss{model} = loss. For the training job type; until it
- * calls this, render shows every served model with 0 steps and no loss. */
-void qn_metrics_train_step(const char *model, double loss);
+/* Training progress of model: quern_train_steps_total{model} += steps
+ * (optimizer steps since the last call) and quern_train_loss{model} = loss
+ * (not set when loss is NaN). Called by the trainer; a served model that
+ * never trained shows 0 steps and no loss. */
+void qn_metrics_train_steps(const char *model, uint64_t steps, double loss);
 
 /* What only the caller can know at scrape time. */
 typedef struct qn_metrics_model {

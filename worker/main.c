@@ -447,6 +447,13 @@ static void print_config(FILE *f, const worker_opts *o)
     pc_str(f, "zmq-bind", o->zmq_bind);
     pc_str(f, "kafka-brokers", o->kafka_brokers);
     pc_str(f, "broker", o->broker);
+    fprintf(f, "zmq-client-inflight: %lld\n", (long long)o->zmq.client_inflight);
+    fprintf(f, "zmq-sndhwm: %lld\n", (long long)o->zmq.sndhwm);
+    if (o->broker_credit) fprintf(f, "broker-credit: %d\n", o->broker_credit);
+    else fprintf(f, "# broker-credit: (not set: --max-batch)\n");
+    fprintf(f, "broker-heartbeat-ms: %d\n", o->broker_heartbeat_ms);
+    fprintf(f, "train-queue: %d\n", o->core.train_queue);
+    fprintf(f, "train-nice: %d\n", o->core.train_nice);
     pc_str(f, "zmq-pull", o->zmq_pull);
     pc_str(f, "zmq-push", o->zmq_push);
     pc_str(f, "http", o->http);

@@ -102,7 +102,7 @@ def test_worker_from_file(d, repo):
     w = Worker(repo, "--config", path, zmq_bind=None, wait=False, env={"QN_LOG": "debug"})
     with w:
         w.wait_for(r'"msg":"ready: repo', 20)
-        zmq_ep = w.wait_for(r'"msg":"listening on (tcp://[^"]+)"', 5).group(1)
+        zmq_ep = w.wait_for(r'"msg":"listening on (tcp://[^" ]+)', 5).group(1)
         port = int(w.wait_for(r'"msg":"serving on http://[^:]+:(\d+)"', 5).group(1))
         x = np.ones((2, 4), np.float32)
         c = Client(zmq_ep)

@@ -187,10 +187,23 @@ def test_errors(repo):
         code, text = curl("-XPOST", "-H", "Transfer-Encoding: chunked", "--data-binary", json.dumps(big),
                           "http://127.0.0.1:%d%s" % (port, p))
         assert code == 413, (code, text)
-        st, err = call(port, p, infer_body(np.ones((8, 6), np.float32)))  # 8 rows > queue limit 4
-        assert st == 429 and "overloaded" in err["error"], (st, err)
+        st, err = call(port, p, infer_body(np.ones((8, 6), np.float32)))  # 8 rows > the whole queue limit 4
+        assert st == 413 and "too_large" in err["error"], (st, err)
         # still serving after all that
         assert call(port, p, infer_body(x))[0] == 200
+        assert w.stop() == 0
+    # 429: a queue that is full. Jobs wait 3 s for a batch to fill, so four
+    # one-row ZeroMQ jobs fill a queue limit of 4 and the next HTTP job is refused.
+    with Worker(repo, "--http", "127.0.0.1:0", "--queue-limit", "4", "--max-delay-us", "3000000") as w:
+        port = http_port(w)
+        c = Client(w.endpoint)
+        for i in range(4):
+            c.send(predict_job(i, "m", np.ones((1, 6), np.float32)))
+        time.sleep(0.5)
+        st, err = call(port, p, infer_body(np.ones((1, 6), np.float32)))
+        assert st == 429 and "overloaded" in err["error"], (st, err)
+        assert sorted(c.recv()["status"] for _ in range(4)) == ["ok"] * 4
+        c.close()
         assert w.stop() == 0
 
 

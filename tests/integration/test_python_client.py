@@ -4,7 +4,9 @@ HTTP (OIP) predict equal to the ZeroMQ answer, Kafka through the mock
 cluster with a reply topic of the client's own, and train raising the typed
 error this worker gives until training lands."""
 import os
+import re
 import sys
+import urllib.request
 
 import numpy as np
 
@@ -30,9 +32,9 @@ def test_zmq(repo):
         cases = [(lambda: c.predict("nope", x), qc.UnknownModelError, "unknown_model"),
                  (lambda: c.predict("m", x, version=7), qc.UnknownVersionError, "unknown_version"),
                  (lambda: c.predict("m", np.ones((2, 5), np.float32)), qc.ShapeMismatchError, "shape_mismatch"),
-                 (lambda: c.predict("m", np.ones((9, 6), np.float32)), qc.OverloadedError, "overloaded"),
+                 (lambda: c.predict("m", np.ones((9, 6), np.float32)), qc.TooLargeError, "too_large"),
                  (lambda: c.predict("m", x, deadline_ms=1), qc.ExpiredError, "expired"),
-                 (lambda: c.train("m", x, np.zeros((4, 1), np.float32), "cross_entropy",
+                 (lambda: c.train("m", x, np.zeros((4, 1), np.float32), "bogus_loss",
                                   {"name": "sgd", "lr": 0.1}, 1, 4), qc.BadJobError, "bad_job")]
         for fn, cls, code in cases:
             try:
@@ -52,6 +54,23 @@ def test_http(repo):
         assert h.live() and h.ready()
         assert h.metadata("m")["inputs"][0]["shape"] == [-1, 6]
         assert np.array_equal(h.predict("m", x, id="a"), z.predict("m", x))
+        # train through the client: progress callback, a new version served
+        # at once, and the train series on /metrics
+        rng = np.random.default_rng(4)
+        tx = rng.standard_normal((256, 6)).astype(np.float32)
+        ty = (tx[:, :1] > 0).astype(np.float32)
+        seen = []
+        res = z.train("t", tx, ty, loss="cross_entropy", optimizer={"name": "adam", "lr": 1e-2}, epochs=3,
+                      batch_size=32, init={"input_dim": 6, "layers": [{"units": 16, "activation": "relu"},
+                                                                      {"units": 2, "activation": "softmax"}],
+                                           "seed": 1}, on_progress=seen.append, seed=3)
+        assert res["status"] == "ok" and res["version"] == 1, res
+        assert seen and all(p["type"] == "progress" for p in seen), seen
+        assert z.predict("t", tx[:4]).shape == (4, 2)
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
+            text = r.read().decode()
+        assert 'quern_train_steps_total{model="t"} 24' in text, [l for l in text.splitlines() if "train" in l]
+        assert re.search(r'^quern_train_loss\{model="t"\} [0-9.e+-]+$', text, re.M), text[-800:]
         for fn, cls in ((lambda: h.predict("nope", x), qc.UnknownModelError),
                         (lambda: h.predict("m", np.ones((1, 2), np.float32)), qc.ShapeMismatchError),
                         (lambda: h.metadata("m", version=5), qc.UnknownVersionError)):

@@ -165,14 +165,15 @@ TEST(lag_replaces_dlq_and_train_accumulate)
     free(t0);
     qn_metrics_kafka_dlq();
     qn_metrics_kafka_dlq();
-    qn_metrics_train_step("tr", 0.5);
-    qn_metrics_train_step("tr", 0.25);
+    qn_metrics_train_steps("tr", 3, 0.5);
+    qn_metrics_train_steps("tr", 2, 0.25);
+    qn_metrics_train_steps("tr", 1, NAN); /* a step count without a loss keeps the last loss */
     char *t = render(NULL);
     CHECK_NEAR(sample(t, "quern_kafka_consumer_lag{topic=\"jobs\",partition=\"1\"}"), 7, 0);
     CHECK(sample(t, "quern_kafka_consumer_lag{topic=\"jobs\",partition=\"0\"}") < 0);
     CHECK(sample(t, "quern_kafka_consumer_lag{topic=\"jobs\",partition=\"2\"}") < 0);
     CHECK_NEAR(sample(t, "quern_kafka_dlq_total"), dlq0 + 2, 0);
-    CHECK_NEAR(sample(t, "quern_train_steps_total{model=\"tr\"}"), 2, 0);
+    CHECK_NEAR(sample(t, "quern_train_steps_total{model=\"tr\"}"), 6, 0);
     CHECK_NEAR(sample(t, "quern_train_loss{model=\"tr\"}"), 0.25, 1e-12);
     free(t);
 }
