@@ -14,7 +14,8 @@ PREFIX ?= /usr/local
 
 PACKAGES := build-essential cmake pkg-config libzmq3-dev libmsgpack-dev liblmdb-dev lmdb-utils \
 	libopenblas-dev libjansson-dev libxxhash-dev librdkafka-dev kcat \
-	python3 python3-zmq python3-msgpack python3-numpy python3-sklearn python3-confluent-kafka python3-torch
+	python3 python3-zmq python3-msgpack python3-numpy python3-sklearn python3-confluent-kafka python3-torch \
+	libmicrohttpd-dev libyaml-dev yamllint prometheus curl
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

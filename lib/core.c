@@ -12,6 +12,7 @@
 #include "error.h"
 #include "executor.h"
 #include "log.h"
+#include "metrics.h"
 #include "tensor.h"
 #include "trainer.h"
 
@@ -58,6 +59,9 @@ static void cache_put(qn_core *c, qn_job *job, const qn_result *res)
 /* The one place a job ends: answer, drop the model reference, free. */
 static void job_end(qn_job *job, const qn_result *res)
 {
+    if (qn_metrics_enabled())
+        qn_metrics_request(res->model, res->version, res->status, res->rows,
+                           job->t_arrival_ns ? qn_now_ns() - job->t_arrival_ns : 0);
     job->origin.complete(job, res);
     qn_model_unref(&job->served_by);
     qn_job_free(&job);
@@ -348,6 +352,9 @@ static void submit(qn_core *c, qn_core_local *l, qn_job *job)
         qn_core_reply_error(job, QN_STATUS_REJECTED, QN_CODE_OVERLOADED, "worker is shutting down");
         return;
     }
+    /* The request duration metric starts here (the batcher restamps it at
+     * its push, a few hundred ns later, for its own delay). */
+    if (qn_metrics_enabled() && !job->t_arrival_ns) job->t_arrival_ns = qn_now_ns();
     admit(c, l, job);
 }
 

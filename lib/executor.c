@@ -11,6 +11,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "metrics.h"
 #include "tensor.h"
 
 typedef struct worker {
@@ -75,6 +76,8 @@ int qn_batch_run(qn_backend *be, void *ctx, qn_batch *batch, qn_batch_scratch *s
     int64_t in = m->in_dim, out = m->out_dim, rows = batch->rows;
     const float *x;
     int rc = 0;
+    int metered = qn_metrics_enabled();
+    uint64_t t0 = metered ? qn_now_ns() : 0;
     if (batch->njobs == 1) {
         x = batch->jobs[0]->inputs;
     } else {
@@ -92,12 +95,19 @@ int qn_batch_run(qn_backend *be, void *ctx, qn_batch *batch, qn_batch_scratch *s
     if (rc == 0) rc = grow(yb, ycap, (size_t)(rows * out));
     if (rc == 0) rc = be->iface->forward(be, ctx, m, m->backend_state, x, rows, *yb);
     if (rc != 0) {
-        QN_LOGE("executor", "forward of %s v%lld failed for %lld rows: %s", m->name,
-                (long long)m->version, (long long)rows, qn_strerror(rc));
+        qn_log_job(QN_LOG_ERROR, "executor", NULL, m->name, "forward of %s v%lld failed for %lld rows: %s",
+                   m->name, (long long)m->version, (long long)rows, qn_strerror(rc));
         for (int i = 0; i < batch->njobs; i++)
             finish_error(h, batch->jobs[i], QN_STATUS_ERROR, QN_CODE_INTERNAL,
                          "the compute backend failed on this batch");
         return rc;
+    }
+    if (metered) {
+        uint64_t t1 = qn_now_ns();
+        qn_metrics_batch(m->name, m->version, rows, t1 - t0);
+        for (int i = 0; i < batch->njobs; i++)
+            if (batch->jobs[i]->t_arrival_ns && batch->jobs[i]->t_arrival_ns < t0)
+                qn_metrics_queue(m->name, m->version, t0 - batch->jobs[i]->t_arrival_ns);
     }
     const float *y = *yb;
     for (int i = 0; i < batch->njobs; i++) {

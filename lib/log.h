@@ -7,11 +7,22 @@
 typedef enum { QN_LOG_ERROR = 0, QN_LOG_WARN = 1, QN_LOG_INFO = 2, QN_LOG_DEBUG = 3 } qn_log_level;
 
 void qn_log_set_level(qn_log_level level);
+
+/* text (default): "TIME LEVEL module: message", for people. json: one object
+ * a line, {"time","level","module","msg"} plus "id" and "model" from
+ * qn_log_job, for log shippers. Process-wide; set once at start. */
+typedef enum { QN_LOG_FORMAT_TEXT = 0, QN_LOG_FORMAT_JSON = 1 } qn_log_format;
+void qn_log_set_format(qn_log_format f);
 /* Parses QN_LOG from the environment; unknown values leave the level as is. */
 void qn_log_init_from_env(void);
 int qn_log_enabled(qn_log_level level);
 void qn_log(qn_log_level level, const char *module, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* A line about one job or model: id and model (either may be NULL) become
+ * fields of their own in json; the text line is the message alone. */
+void qn_log_job(qn_log_level level, const char *module, const char *id, const char *model,
+                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 #define QN_LOGE(mod, ...) qn_log(QN_LOG_ERROR, mod, __VA_ARGS__)
 #define QN_LOGW(mod, ...) qn_log(QN_LOG_WARN, mod, __VA_ARGS__)

@@ -243,8 +243,8 @@ static qn_model *load_one(qn_registry *r, const reg_file *f)
         m->backend = r->be;
         m->backend_state = state;
     }
-    QN_LOGI(MODULE, "%s v%lld: loaded, %d layers, %lld -> %lld, %zu parameters, %zu bytes",
-            f->name, (long long)f->version, m->nlayers, (long long)m->in_dim,
+    qn_log_job(QN_LOG_INFO, MODULE, NULL, f->name,
+               "%s v%lld: loaded, %d layers, %lld -> %lld, %zu parameters, %zu bytes", f->name, (long long)f->version, m->nlayers, (long long)m->in_dim,
             (long long)m->out_dim, m->param_count, m->file_bytes);
     return m;
 }

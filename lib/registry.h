@@ -49,7 +49,6 @@ void qn_registry_each_name(qn_registry *r, void (*fn)(void *ud, const char *name
 /* The repository directory (train jobs write new versions there). Valid
  * while the registry is open. */
 const char *qn_registry_dir(const qn_registry *r);
-
 /* Calls fn for each version served, sorted by name then version (a
  * "models" job's answer). m is borrowed: fn may qn_model_ref it to keep it.
  * Holds the registry lock: fn must not call back in. */

@@ -25,6 +25,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "metrics.h"
 #include "train.h"
 #include "train_store.h"
 
@@ -74,11 +75,16 @@ static void answer(qn_trainer *t, qn_job *job, qn_status st, qn_code code, const
 typedef struct run_ctx {
     qn_trainer *t;
     qn_job *job;
+    int64_t steps_counted; /* reported to metrics so far */
 } run_ctx;
 
 static int on_progress(void *ud, const qn_train_progress *p)
 {
     run_ctx *rc = ud;
+    if (p->step > rc->steps_counted) {
+        qn_metrics_train_steps(rc->job->model, (uint64_t)(p->step - rc->steps_counted), p->loss);
+        rc->steps_counted = p->step;
+    }
     qn_train_report rep = {.epoch = p->epoch, .epochs = p->epochs, .step = p->step, .loss = p->loss, .lr = p->lr,
                            .accuracy = p->accuracy, .val_loss = p->has_val ? p->val_loss : NAN,
                            .val_accuracy = p->has_val ? p->val_accuracy : NAN, .rows_per_s = p->rows_per_s};
@@ -232,6 +238,8 @@ static void run_job(qn_trainer *t, qn_job *job)
         return;
     }
     qn_registry_scan(t->reg); /* served at once, not at the watcher's next tick */
+    if (out.steps > ctx.steps_counted)
+        qn_metrics_train_steps(job->model, (uint64_t)(out.steps - ctx.steps_counted), out.loss);
     QN_LOGI("train", "'%s' version %lld written: %lld epochs, %lld steps in %.2f s, loss %.6g", job->model,
             (long long)v, (long long)out.epochs_run, (long long)out.steps, secs, out.loss);
     qn_train_report rep = {.epoch = out.epochs_run, .step = out.steps, .loss = out.loss, .lr = NAN,

@@ -15,6 +15,7 @@
 #include "error.h"
 #include "kafka_internal.h"
 #include "log.h"
+#include "metrics.h"
 #include "tensor.h"
 
 /* ------------------------------------------------------------- producing */
@@ -64,7 +65,10 @@ static rd_kafka_resp_err_t dlq_produce(kt *t, krec *r, const void *value, size_t
         RD_KAFKA_V_VALUE((void *)value, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(r), RD_KAFKA_V_END);
     if (err) rd_kafka_headers_destroy(h);
-    else atomic_fetch_add(&t->n_dlq, 1);
+    else {
+        atomic_fetch_add(&t->n_dlq, 1);
+        qn_metrics_kafka_dlq();
+    }
     return err;
 }
 

@@ -24,6 +24,7 @@
 #include "kafka_transport.h"
 
 #include <inttypes.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -34,6 +35,7 @@
 #include "error.h"
 #include "kafka_internal.h"
 #include "log.h"
+#include "metrics.h"
 #include "tensor.h"
 
 _Thread_local kt *tl_owner;
@@ -272,6 +274,54 @@ static const qn_transport_i kt_iface = {
     .destroy = kt_destroy,
 };
 
+/* ------------------------------------------------------------ statistics */
+
+/* librdkafka's statistics (statistics.interval.ms), on the IO thread (the
+ * consumer poll): per-partition consumer lag for quern_kafka_consumer_lag.
+ * Only partitions this consumer fetches (assigned) are reported. Returns 0:
+ * librdkafka frees json. */
+static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    (void)rk;
+    (void)opaque;
+    json_t *root = json_loadb(json, len, 0, NULL);
+    json_t *topics = json_object_get(root, "topics");
+    const char *tname;
+    json_t *tv;
+    json_object_foreach(topics, tname, tv) {
+        int32_t parts[1024];
+        int64_t lags[1024];
+        int n = 0;
+        const char *pname;
+        json_t *pv;
+        json_object_foreach(json_object_get(tv, "partitions"), pname, pv) {
+            long p = strtol(pname, NULL, 10);
+            json_t *lag = json_object_get(pv, "consumer_lag");
+            const char *fs = json_string_value(json_object_get(pv, "fetch_state"));
+            if (p < 0 || !json_is_integer(lag) || n == 1024) continue;
+            if (!json_is_true(json_object_get(pv, "desired")) && !(fs && !strcmp(fs, "active")))
+                continue;
+            int64_t v = json_integer_value(lag);
+            if (v < 0) {
+                /* librdkafka says -1 until this consumer has a position;
+                 * with nothing consumed or committed yet, everything from
+                 * the low watermark on (auto.offset.reset earliest) waits. */
+                json_int_t hi = json_integer_value(json_object_get(pv, "hi_offset")),
+                           lo = json_integer_value(json_object_get(pv, "lo_offset")),
+                           app = json_integer_value(json_object_get(pv, "app_offset")),
+                           com = json_integer_value(json_object_get(pv, "committed_offset"));
+                if (hi < 0 || app >= 0 || com >= 0) continue;
+                v = hi - (lo > 0 ? lo : 0);
+            }
+            parts[n] = (int32_t)p;
+            lags[n++] = v;
+        }
+        qn_metrics_kafka_lag(tname, parts, lags, n);
+    }
+    json_decref(root);
+    return 0;
+}
+
 /* ---------------------------------------------------------- configuration */
 
 static int set(rd_kafka_conf_t *c, const char *k, const char *v)
@@ -476,9 +526,13 @@ int qn_kafka_transport_create(const qn_kafka_opts *o, qn_core *core, qn_transpor
          * out (a real broker answers as soon as data arrives), so there the
          * wait is latency: bench/notes/kafka.md. */
         set(cc, "fetch.wait.max.ms", t->mock ? "10" : "100") ||
+        /* Consumer lag for /metrics (-X consumer.statistics.interval.ms
+         * changes the period). */
+        (qn_metrics_enabled() && set(cc, "statistics.interval.ms", "5000")) ||
         apply_x(t, o, 1, cc))
         goto fail;
     warn_cooperative(cc);
+    if (qn_metrics_enabled()) rd_kafka_conf_set_stats_cb(cc, stats_cb);
     rd_kafka_conf_set_rebalance_cb(cc, kt_rebalance_cb);
     rd_kafka_conf_set_offset_commit_cb(cc, kt_offset_commit_cb);
 

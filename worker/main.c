@@ -25,8 +25,12 @@
 #include "zmq_transport.h"
 #include "kafka_transport.h"
 #include "mdp_transport.h"
+#include "http_transport.h"
+#include "metrics.h"
+#include "config.h"
+#include "pipe_transport.h"
 
-#define MAX_TRANSPORTS 4
+#define MAX_TRANSPORTS 8
 
 static int g_sigpipe[2] = {-1, -1};
 
@@ -56,6 +60,11 @@ typedef struct worker_opts {
     int poll_ms;
     int drain_timeout_ms;
     int blas_threads;
+    const char *http;      /* --http ADDR:PORT */
+    long http_max_body;
+    const char *config, *log_format;
+    const char *zmq_pull, *zmq_push; /* pipeline mode */
+    int print_config;
     qn_core_opts core;
     qn_zmq_opts zmq;
 } worker_opts;
@@ -73,6 +82,11 @@ static void usage(FILE *f)
         "  --broker ENDPOINT        serve through a quern-broker (MDP worker per model)\n"
         "  --broker-credit N        requests held at once per model (default: --max-batch)\n"
         "  --broker-heartbeat-ms N  MDP heartbeat, as the broker's --heartbeat-ms (default 2500)\n"
+        "  --zmq-pull EP, --zmq-push EP  pipeline mode: jobs from PULL, results to PUSH\n"
+        "                           ('connect:EP' connects; flow control by HWM, nothing dropped)\n"
+        "  --http ADDR:PORT         HTTP: /metrics, /v2/health/*, Open Inference Protocol (loopback\n"
+        "                           unless an address is given; port 0 picks one and logs it)\n"
+        "  --http-max-body BYTES    larger HTTP request bodies get 413 (default %u)\n"
         "kafka:\n"
         "  --kafka-topic T          job topic (default quern.jobs)\n"
         "  --kafka-group G          consumer group (default quern)\n"
@@ -98,8 +112,12 @@ static void usage(FILE *f)
         "other:\n"
         "  --poll-ms N              model repository rescan interval (default 500)\n"
         "  --drain-timeout-ms N     longest shutdown waits for in-flight jobs (default 30000)\n"
+        "  --config FILE            YAML file: long flag names as keys, kafka: {key: value} for -X;\n"
+        "                           flags on the command line override it\n"
+        "  --print-config           print the effective configuration as YAML and exit\n"
+        "  --log-format text|json   json: one JSON object a line (time, level, module, msg, id, model)\n"
         "  -h, --help               this text\n",
-        QN_ZMQ_DEFAULT_CLIENT_INFLIGHT, QN_ZMQ_DEFAULT_SNDHWM,
+        QN_ZMQ_DEFAULT_CLIENT_INFLIGHT, QN_ZMQ_DEFAULT_SNDHWM, QN_HTTP_DEFAULT_MAX_BODY,
         QN_BATCHER_DEFAULT_MAX_BATCH, QN_BATCHER_DEFAULT_MAX_DELAY_US,
         QN_BATCHER_DEFAULT_QUEUE_LIMIT, QN_DEFAULT_MAX_MESSAGE, QN_CORE_DEFAULT_DIRECT_MAX_FLOPS,
         QN_CORE_DEFAULT_DIRECT_IDLE_ROWS);
@@ -124,12 +142,11 @@ enum {
     OPT_ZCLIENT, OPT_ZHWM,
     OPT_TRAINQ, OPT_TRAINNICE,
     OPT_BCREDIT, OPT_BHB,
+    OPT_HTTP = 400, OPT_HTTP_BODY, OPT_CONFIG, OPT_PRINT_CONFIG, OPT_LOG_FORMAT,
+    OPT_ZPULL, OPT_ZPUSH,
 };
 
-/* Returns 0, or 2 for a usage error (message printed). */
-static int parse_args(int argc, char **argv, worker_opts *o)
-{
-    static const struct option longopts[] = {
+static const struct option longopts[] = {
         {"model-repo", required_argument, 0, OPT_REPO},
         {"zmq-bind", required_argument, 0, OPT_ZMQ},
         {"kafka-brokers", required_argument, 0, OPT_KBROKERS},
@@ -157,9 +174,19 @@ static int parse_args(int argc, char **argv, worker_opts *o)
         {"direct-idle-rows", required_argument, 0, OPT_IDLE},
         {"zmq-client-inflight", required_argument, 0, OPT_ZCLIENT},
         {"zmq-sndhwm", required_argument, 0, OPT_ZHWM},
+        {"http", required_argument, 0, OPT_HTTP},
+        {"http-max-body", required_argument, 0, OPT_HTTP_BODY},
+        {"config", required_argument, 0, OPT_CONFIG},
+        {"zmq-pull", required_argument, 0, OPT_ZPULL},
+        {"zmq-push", required_argument, 0, OPT_ZPUSH},
+        {"print-config", no_argument, 0, OPT_PRINT_CONFIG},
+        {"log-format", required_argument, 0, OPT_LOG_FORMAT},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
+
+static void opts_default(worker_opts *o)
+{
     memset(o, 0, sizeof *o);
     qn_core_opts_default(&o->core);
     qn_zmq_opts_default(&o->zmq);
@@ -174,9 +201,17 @@ static int parse_args(int argc, char **argv, worker_opts *o)
     o->broker_heartbeat_ms = 2500;
     o->core.threads = 0; /* auto: one per core */
     o->cache_size_mb = 1024;
+    o->log_format = "text";
+}
+
+/* One getopt pass over argv: the command line, or one config file entry
+ * (so both mean exactly the same). 0, or 2 (message printed). */
+static int parse_flags(int argc, char **argv, worker_opts *o)
+{
     long v;
     int c;
     opterr = 0;
+    optind = 0; /* glibc: start over (a second pass) */
     while ((c = getopt_long(argc, argv, "X:h", longopts, NULL)) != -1) {
         switch (c) {
         case OPT_REPO: o->model_repo = optarg; break;
@@ -271,6 +306,22 @@ static int parse_args(int argc, char **argv, worker_opts *o)
             if (parse_long("--blas-threads", optarg, 1, 256, &v)) return 2;
             o->blas_threads = (int)v;
             break;
+        case OPT_HTTP: o->http = optarg; break;
+        case OPT_HTTP_BODY:
+            if (parse_long("--http-max-body", optarg, 1024, 1L << 34, &v)) return 2;
+            o->http_max_body = v;
+            break;
+        case OPT_CONFIG: o->config = optarg; break; /* read before this pass */
+        case OPT_ZPULL: o->zmq_pull = optarg; break;
+        case OPT_ZPUSH: o->zmq_push = optarg; break;
+        case OPT_PRINT_CONFIG: o->print_config = 1; break;
+        case OPT_LOG_FORMAT:
+            if (strcmp(optarg, "text") && strcmp(optarg, "json")) {
+                fprintf(stderr, "quern-worker: --log-format is text or json, got '%s'\n", optarg);
+                return 2;
+            }
+            o->log_format = optarg;
+            break;
         case 'h': usage(stdout); exit(0);
         default:
             if (optopt) fprintf(stderr, "quern-worker: option -%c needs a value or is unknown\n", optopt);
@@ -284,17 +335,169 @@ static int parse_args(int argc, char **argv, worker_opts *o)
         usage(stderr);
         return 2;
     }
+    return 0;
+}
+
+/* The config file's entries, applied before the command line (which so
+ * overrides them). Its strings are kept for the process's life: options
+ * point into them. */
+static qn_config g_config;
+static char **g_config_args; /* the "--key=value" strings built for getopt */
+static int g_config_nargs;
+
+static void free_config(void)
+{
+    for (int i = 0; i < g_config_nargs; i++) free(g_config_args[i]);
+    free(g_config_args);
+    qn_config_free(&g_config);
+}
+
+static int apply_config(const char *path, worker_opts *o)
+{
+    char err[512];
+    atexit(free_config); /* options point into it until the process ends */
+    if (qn_config_load(path, &g_config, err, sizeof err)) {
+        fprintf(stderr, "quern-worker: --config %s: %s\n", path, err);
+        return 2;
+    }
+    for (int i = 0; i < g_config.n; i++) {
+        const qn_config_entry *e = &g_config.e[i];
+        char *av[4] = {"quern-worker", NULL, NULL, NULL};
+        int ac = 2;
+        if (strcmp(e->key, "kafka") == 0) {
+            av[1] = "-X";
+            av[2] = e->value;
+            ac = 3;
+        } else {
+            const struct option *lo = longopts;
+            while (lo->name && strcmp(lo->name, e->key)) lo++;
+            if (!lo->name || lo->has_arg != required_argument || lo->val == OPT_CONFIG) {
+                fprintf(stderr, "quern-worker: %s:%d: unknown key '%s' (keys are the long flag names "
+                        "that take a value, and kafka:)\n", path, e->line, e->key);
+                return 2;
+            }
+            size_t len = strlen(e->key) + strlen(e->value) + 4;
+            char **na = realloc(g_config_args, (size_t)(g_config_nargs + 1) * sizeof *na);
+            if (!na) return 2;
+            g_config_args = na;
+            av[1] = malloc(len); /* kept: o may point into it */
+            if (!av[1]) return 2;
+            g_config_args[g_config_nargs++] = av[1];
+            snprintf(av[1], len, "--%s=%s", e->key, e->value);
+        }
+        if (parse_flags(ac, av, o)) {
+            fprintf(stderr, "quern-worker: %s:%d: bad value for key '%s'\n", path, e->line, e->key);
+            return 2;
+        }
+    }
+    return 0;
+}
+
+/* Returns 0, 2 for a usage error (message printed), or 3 for
+ * --print-config (print and exit 0). */
+static int parse_args(int argc, char **argv, worker_opts *o)
+{
+    opts_default(o);
+    /* The file first, wherever --config stands on the command line. */
+    for (int i = 1; i < argc; i++) {
+        const char *path = NULL;
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) path = argv[i + 1];
+        else if (strncmp(argv[i], "--config=", 9) == 0) path = argv[i] + 9;
+        if (path && apply_config(path, o)) return 2;
+        if (path) break;
+    }
+    int rc = parse_flags(argc, argv, o);
+    if (rc) return rc;
+    if (o->print_config) return 3;
     if (!o->model_repo) {
         fprintf(stderr, "quern-worker: --model-repo is required\n");
         usage(stderr);
         return 2;
     }
-    if (!o->zmq_bind && !o->kafka_brokers && !o->broker) {
-        fprintf(stderr, "quern-worker: give at least one of --zmq-bind, --kafka-brokers, --broker\n");
+    if (!o->zmq_pull != !o->zmq_push) {
+        fprintf(stderr, "quern-worker: pipeline mode wants both --zmq-pull and --zmq-push\n");
+        return 2;
+    }
+    if (!o->zmq_bind && !o->kafka_brokers && !o->broker && !o->http && !o->zmq_pull) {
+        fprintf(stderr, "quern-worker: give at least one of --zmq-bind, --zmq-pull, --kafka-brokers, "
+                "--broker, --http\n");
         usage(stderr);
         return 2;
     }
     return 0;
+}
+
+static void pc_str(FILE *f, const char *key, const char *v)
+{
+    if (!v) {
+        fprintf(f, "# %s: (not set)\n", key);
+        return;
+    }
+    fprintf(f, "%s: ", key);
+    qn_config_print_str(f, v);
+    fputc('\n', f);
+}
+
+/* The effective configuration as a YAML config file (loadable with
+ * --config). A flag added to the worker belongs here too. */
+static void print_config(FILE *f, const worker_opts *o)
+{
+    fprintf(f, "# quern-worker effective configuration: the defaults, %s%sthen the command line\n",
+            o->config ? o->config : "", o->config ? ", " : "");
+    pc_str(f, "model-repo", o->model_repo);
+    pc_str(f, "zmq-bind", o->zmq_bind);
+    pc_str(f, "kafka-brokers", o->kafka_brokers);
+    pc_str(f, "broker", o->broker);
+    fprintf(f, "zmq-client-inflight: %lld\n", (long long)o->zmq.client_inflight);
+    fprintf(f, "zmq-sndhwm: %lld\n", (long long)o->zmq.sndhwm);
+    if (o->broker_credit) fprintf(f, "broker-credit: %d\n", o->broker_credit);
+    else fprintf(f, "# broker-credit: (not set: --max-batch)\n");
+    fprintf(f, "broker-heartbeat-ms: %d\n", o->broker_heartbeat_ms);
+    fprintf(f, "train-queue: %d\n", o->core.train_queue);
+    fprintf(f, "train-nice: %d\n", o->core.train_nice);
+    pc_str(f, "zmq-pull", o->zmq_pull);
+    pc_str(f, "zmq-push", o->zmq_push);
+    pc_str(f, "http", o->http);
+    fprintf(f, "http-max-body: %ld\n", o->http_max_body ? o->http_max_body : (long)QN_HTTP_DEFAULT_MAX_BODY);
+    pc_str(f, "kafka-topic", o->kafka_topic);
+    pc_str(f, "kafka-group", o->kafka_group);
+    pc_str(f, "reply-topic", o->reply_topic);
+    pc_str(f, "dlq-topic", o->dlq_topic);
+    fprintf(f, "max-batch: %lld\n", (long long)o->core.batch.max_batch_rows);
+    fprintf(f, "max-delay-us: %lld\n", (long long)o->core.batch.max_delay_us);
+    fprintf(f, "queue-limit: %lld\n", (long long)o->core.batch.queue_limit_rows);
+    if (o->core.threads) fprintf(f, "threads: %d\n", o->core.threads);
+    else fprintf(f, "# threads: (not set: one per core)\n");
+    fprintf(f, "blas-threads: %d\n", o->blas_threads);
+    pc_str(f, "device", o->device);
+    fprintf(f, "max-message-bytes: %zu\n", o->core.limits.max_message_bytes);
+    fprintf(f, "direct-max-flops: %lld\n", (long long)o->core.direct_max_flops);
+    fprintf(f, "direct-idle-rows: %lld\n", (long long)o->core.direct_idle_rows);
+    pc_str(f, "cache-dir", o->cache_dir);
+    fprintf(f, "cache-size: %ld\n", o->cache_size_mb);
+    fprintf(f, "poll-ms: %d\n", o->poll_ms);
+    fprintf(f, "drain-timeout-ms: %d\n", o->drain_timeout_ms);
+    pc_str(f, "log-format", o->log_format);
+    if (o->nx == 0) {
+        fprintf(f, "kafka: {}\n");
+        return;
+    }
+    fprintf(f, "kafka:\n");
+    for (int i = 0; i < o->nx; i++) {
+        const char *eq = strchr(o->x_conf[i], '=');
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)(eq - o->x_conf[i]), o->x_conf[i]);
+        /* -X is last-wins in librdkafka: print a key once, with its last value. */
+        int later = 0;
+        for (int k = i + 1; k < o->nx && !later; k++)
+            later = strncmp(o->x_conf[k], o->x_conf[i], (size_t)(eq - o->x_conf[i]) + 1) == 0;
+        if (later) continue;
+        fprintf(f, "  ");
+        qn_config_print_str(f, key);
+        fprintf(f, ": ");
+        qn_config_print_str(f, eq + 1);
+        fputc('\n', f);
+    }
 }
 
 /* Parts that later issues add. Refused clearly rather than ignored. */
@@ -371,7 +574,12 @@ int main(int argc, char **argv)
 {
     worker_opts o;
     int rc = parse_args(argc, argv, &o);
+    if (rc == 3) {
+        print_config(stdout, &o);
+        return 0;
+    }
     if (rc) return rc;
+    if (strcmp(o.log_format, "json") == 0) qn_log_set_format(QN_LOG_FORMAT_JSON);
     if ((rc = refuse_unbuilt(&o))) return rc;
     qn_log_init_from_env();
 
@@ -462,9 +670,24 @@ int main(int argc, char **argv)
         goto out;
     }
     zctx = zmq_ctx_new();
+    /* HTTP first: health answers (ready: 503) while the others start, it is
+     * the first to stop intake (ready turns 503 before anything else
+     * drains) and the last closed (metrics and health through the drain). */
+    void *http = NULL;
+    if (o.http) {
+        qn_metrics_enable(1);
+        qn_http_opts ho = {.listen = o.http, .max_body = (size_t)o.http_max_body, .core = core,
+                           .reg = reg, .cache = cache};
+        if (qn_http_transport_create(&ho, &ts[nt])) goto out;
+        http = ts[nt++].self;
+    }
     if (o.zmq_bind) {
         o.zmq.drain_timeout_ms = o.drain_timeout_ms;
         if (qn_zmq_transport_create(zctx, o.zmq_bind, &o.zmq, core, &ts[nt])) goto out;
+        nt++;
+    }
+    if (o.zmq_pull) {
+        if (qn_pipe_transport_create(zctx, o.zmq_pull, o.zmq_push, 0, core, &ts[nt])) goto out;
         nt++;
     }
     if (o.kafka_brokers) {
@@ -488,6 +711,7 @@ int main(int argc, char **argv)
             QN_LOGE("worker", "cannot start the %s transport: %s", ts[i].iface->name, qn_strerror(rc));
             goto out;
         }
+    if (http) qn_http_transport_set_ready(http);
     QN_LOGI("worker", "ready: repo %s, device cpu, %d executor thread(s) x %d BLAS thread(s), max batch %lld, "
             "max delay %lld us, queue limit %lld rows", o.model_repo, o.core.threads, o.blas_threads,
             (long long)o.core.batch.max_batch_rows, (long long)o.core.batch.max_delay_us,
