@@ -20,6 +20,7 @@
 #define QN_CPU_KERNELS_IMPL_H
 
 #include <stdint.h>
+#include <string.h>
 
 #include "cpu/kcommon.h"
 #include "cpu/kernels.h"
@@ -50,6 +51,24 @@ typedef struct {
  * (mn, mx then meaningless); apply: q[k] = round_even(clamp(x[k]·inv, lo,
  * hi)) + z. Bit-identical to quant.c's on every path. avx2: AVX2 CPUs
  * (the avx2 and avxvnni paths). */
+/* The scalar end of a range pass, shared by the baseline and the AVX2
+ * versions so that both decide alike: folds x[k..n) into *mn, *mx and
+ * returns nonfinite, or'ed with whether that tail holds NaN/Inf. */
+static inline uint32_t qn_i8_range_tail(const float *x, int64_t k, int64_t n, float *mn, float *mx,
+                                        uint32_t nonfinite)
+{
+    float lo = *mn, hi = *mx;
+    for (; k < n; k++) {
+        uint32_t u;
+        memcpy(&u, x + k, sizeof u);
+        nonfinite |= (u & 0x7f800000u) == 0x7f800000u;
+        lo = x[k] < lo ? x[k] : lo;
+        hi = x[k] > hi ? x[k] : hi;
+    }
+    *mn = lo;
+    *mx = hi;
+    return nonfinite;
+}
 int qn_i8_range_avx512(const float *x, int64_t n, float *mn, float *mx);
 void qn_i8_apply_avx512(const float *x, int64_t n, float inv, float lo, float hi, float z, uint8_t *q);
 int qn_i8_range_avx2(const float *x, int64_t n, float *mn, float *mx);

@@ -68,13 +68,7 @@ static int range_base(const float *x, int64_t n, float *pmn, float *pmx)
         nonfinite = _mm_movemask_epi8(nf) != 0;
     }
 #endif
-    for (; k < n; k++) {
-        uint32_t u;
-        memcpy(&u, x + k, sizeof u);
-        nonfinite |= (u & 0x7f800000u) == 0x7f800000u;
-        mn = x[k] < mn ? x[k] : mn;
-        mx = x[k] > mx ? x[k] : mx;
-    }
+    nonfinite = qn_i8_range_tail(x, k, n, &mn, &mx, nonfinite);
     *pmn = mn;
     *pmx = mx;
     return nonfinite != 0;

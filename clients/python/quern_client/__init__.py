@@ -1,4 +1,4 @@
-"""quern_client: call a quern worker from Python (CONTRACT.md section 9).
+"""quern_client: call a quern worker from Python; messages as schemas/job.md and schemas/result.md describe them.
 
 numpy in, numpy out (float32 [rows, cols]); every error code raises
 QuernError (attributes code, message) or its subclass named after the code
